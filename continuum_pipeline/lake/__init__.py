@@ -1,0 +1,1 @@
+"""The lake: Iceberg tables through pyiceberg, read by DuckDB."""
