@@ -25,7 +25,7 @@ def record(interaction_id: str, *, score: float | None = None, label: str | None
            metadata: dict[str, Any] | None = None) -> str:
     """Record feedback on `interaction_id`; returns the feedback id.
 
-    score: explicit rating (any scale, e.g. 0..1 or 1..5); label: e.g. thumbs_down; comment: free text;
+    score: explicit rating between 0 and 1 (1 = best; below 0.5 counts as negative); label: e.g. thumbs_down; comment: free text;
     signal: implicit (copy, share, retry, dismiss, engage); correction: an edited, corrected response;
     outcome: e.g. ticket_reopened; preferred_over: id of an interaction this one was preferred to.
     """
@@ -35,6 +35,9 @@ def record(interaction_id: str, *, score: float | None = None, label: str | None
     if score is not None:
         if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
             raise ValueError(f"feedback.record(score={score!r}): score must be a finite number")
+        if not 0.0 <= score <= 1.0:
+            raise ValueError(f"feedback.record(score={score!r}): scores are between 0 and 1 (1 = best); "
+                             "map star ratings with (stars - 1) / 4")
         score = float(score)
     values = {"score": score, "label": label, "comment": comment, "signal": signal, "correction": correction,
               "outcome": outcome, "preferred_over": preferred_over}

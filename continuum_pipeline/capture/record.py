@@ -68,7 +68,7 @@ FEEDBACK_FIELDS = (
     LandingField("feedback_id", "string", True),
     LandingField("interaction_id", "string", True, "the interaction this feedback is about"),
     LandingField("ts", "timestamp", True),
-    LandingField("score", "float", doc="explicit rating, any scale the app uses (e.g. 0..1 or 1..5)"),
+    LandingField("score", "float", doc="explicit rating in [0, 1], 1 = best"),
     LandingField("label", "string", doc="e.g. thumbs_up, thumbs_down, wrong_answer"),
     LandingField("comment", "string"),
     LandingField("signal", "string", doc="implicit signal: copy | share | retry | dismiss | engage"),

@@ -21,13 +21,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from continuum_pipeline.capture.landing import SEGMENT_SUFFIX, TMP_DIR
 from continuum_pipeline.capture.record import dumps_line
 
 log = logging.getLogger("continuum.capture")
 
-SEGMENT_SUFFIX = ".jsonl"
 _DISABLED = object()  # stands in for the drain thread once capture has turned itself off
-TMP_DIR = ".tmp"
 
 
 @dataclass

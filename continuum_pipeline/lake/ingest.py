@@ -24,7 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from continuum_pipeline.capture.writer import SEGMENT_SUFFIX
+from continuum_pipeline.capture.landing import ARCHIVE_DIR, list_segments
 from continuum_pipeline.lake.catalog import Lake
 from continuum_pipeline.lake.normalize import NormalizedSegment, normalize_segment, quarantine_table
 from continuum_pipeline.lake.schemas import INGEST_TABLES
@@ -32,7 +32,6 @@ from continuum_pipeline.lake.schemas import INGEST_TABLES
 log = logging.getLogger(__name__)
 
 LEDGER_PROPERTY = "continuum.ingest.ledger"
-ARCHIVE_DIR = "archive"
 COMMIT_ATTEMPTS = 5
 
 # Progress events, in order: listed, normalized, data_files_written:<table>, committed:<table>, archived.
@@ -61,15 +60,6 @@ class IngestReport:
     def rows(self, table: str) -> int:
         commit = self.commits.get(table)
         return commit.rows if commit else 0
-
-
-def list_segments(landing: Path) -> list[str]:
-    """Complete landing segments, oldest name first (in-progress files live in landing/.tmp)."""
-    try:
-        with os.scandir(landing) as entries:
-            return sorted(e.name for e in entries if e.name.endswith(SEGMENT_SUFFIX) and e.is_file())
-    except FileNotFoundError:
-        return []
 
 
 def read_ledger(table) -> set[str]:

@@ -33,6 +33,7 @@ from continuum_pipeline.lake.schemas import ARROW_TYPES, FEEDBACK_EVENTS, INTERA
 
 TARGET = {"interaction": INTERACTIONS, "feedback": FEEDBACK_EVENTS}
 ENUMS = {("interaction", "status"): STATUSES, ("interaction", "consent"): CONSENTS}
+RANGES = {("feedback", "score"): (0.0, 1.0)}
 # Free-form fields stored as JSON text: an object given in their place is accepted and encoded.
 JSON_TEXT_FIELDS = {"metadata", "tool_calls"}
 
@@ -117,42 +118,39 @@ def _fast_path(segment: str, data: bytes, at: datetime, max_bytes: int) -> Norma
 
     line_no = pa.array(np.arange(1, len(starts) + 1, dtype=np.int32))
     bad = np.zeros(parsed.num_rows, dtype=bool)
-    quarantine: list[QuarantineRow] = []
-
-    def reject(mask: np.ndarray, error: str, reason: str, field_name: str | None, kind: str | None) -> None:
-        for i in np.flatnonzero(mask & ~bad):
-            quarantine.append(QuarantineRow(int(i) + 1, error, reason, data[starts[i]:ends[i]], field_name, kind))
-        bad[mask] = True
-
-    version = parsed["v"]
-    reject(_np(pc.invert(pc.fill_null(pc.is_in(version, pa.array(sorted(SUPPORTED_SCHEMA_VERSIONS), pa.int64())), False))),
-           "unknown_schema_version", _version_reason(None), "v", None)
+    # Column-wise checks only find the bad rows; their reasons come from re-reading those few lines
+    # one by one, so both paths quarantine with the same words.
     kind_col = parsed["kind"]
-    reject(_np(pc.invert(pc.fill_null(pc.is_in(kind_col, pa.array(KINDS)), False))),
-           "unknown_kind", f"field 'kind' must be one of {', '.join(KINDS)}", "kind", None)
-
-    tables = {}
-    for kind, target in TARGET.items():
-        is_kind = _np(pc.fill_null(pc.equal(kind_col, kind), False))
+    bad |= _np(pc.invert(pc.fill_null(pc.is_in(parsed["v"], pa.array(sorted(SUPPORTED_SCHEMA_VERSIONS), pa.int64())), False)))
+    bad |= _np(pc.invert(pc.fill_null(pc.is_in(kind_col, pa.array(KINDS)), False)))
+    is_kind = {kind: _np(pc.fill_null(pc.equal(kind_col, kind), False)) for kind in TARGET}
+    for kind in TARGET:
         for f in FIELDS_BY_KIND[kind]:
+            column = parsed[f.name]
             if f.required:
-                reject(is_kind & _np(pc.is_null(parsed[f.name])), "missing_field", _missing_reason(f, kind), f.name, kind)
+                bad |= is_kind[kind] & _np(pc.is_null(column))
             allowed = ENUMS.get((kind, f.name))
             if allowed:
-                off = pc.invert(pc.fill_null(pc.is_in(parsed[f.name], pa.array(allowed)), True))
-                reject(is_kind & _np(off), "invalid_value", _enum_reason(f.name, allowed), f.name, kind)
+                bad |= is_kind[kind] & _np(pc.invert(pc.fill_null(pc.is_in(column, pa.array(allowed)), True)))
             if f.kind == "float":
-                nan = pc.fill_null(pc.is_nan(parsed[f.name]), False)
-                reject(is_kind & _np(nan), "invalid_value", f"field '{f.name}' must be a finite number", f.name, kind)
-        keep = pa.array(is_kind & ~bad)
-        rows = parsed.filter(keep)
-        tables[kind] = _finish(rows, target, segment, line_no.filter(keep), at)
-
-    # The version check above cannot know the bad value's text; fill it in for the few rejected lines.
-    for q in quarantine:
-        if q.error == "unknown_schema_version":
-            q.reason = _version_reason(_peek(q.raw, "v"))
-    quarantine.sort(key=lambda q: q.line)
+                bad |= is_kind[kind] & _np(pc.fill_null(pc.is_nan(column), False))
+            bounds = RANGES.get((kind, f.name))
+            if bounds:
+                out = pc.or_(pc.less(column, bounds[0]), pc.greater(column, bounds[1]))
+                bad |= is_kind[kind] & _np(pc.fill_null(out, False))
+    quarantine = []
+    for i in np.flatnonzero(bad):
+        raw = data[starts[i]:ends[i]]
+        try:
+            _parse_line(raw, max_bytes)
+        except Invalid as exc:
+            quarantine.append(QuarantineRow(int(i) + 1, exc.error, exc.reason, raw, exc.field, exc.kind))
+        else:  # the two paths disagree about this line: let the line-by-line path decide the whole segment
+            return None
+    tables = {}
+    for kind, target in TARGET.items():
+        keep = pa.array(is_kind[kind] & ~bad)
+        tables[kind] = _finish(parsed.filter(keep), target, segment, line_no.filter(keep), at)
     return NormalizedSegment(segment, tables["interaction"], tables["feedback"], quarantine, fast_path=True)
 
 
@@ -246,6 +244,9 @@ def _parse_line(raw: bytes, max_bytes: int) -> tuple[str, dict]:
         allowed = ENUMS.get((kind, f.name))
         if allowed and row[f.name] not in allowed:
             raise Invalid("invalid_value", _enum_reason(f.name, allowed) + f", got {value!r}", f.name, kind)
+        bounds = RANGES.get((kind, f.name))
+        if bounds and not bounds[0] <= row[f.name] <= bounds[1]:
+            raise Invalid("invalid_value", _range_reason(f.name, bounds), f.name, kind)
     return kind, row
 
 
@@ -298,13 +299,6 @@ def _short(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _peek(raw: bytes, key: str) -> object:
-    try:
-        return json.loads(raw).get(key)
-    except (ValueError, AttributeError):
-        return None
-
-
 def _version_reason(version: object) -> str:
     return (f"field 'v' (schema version) is {version!r}; this Continuum reads versions "
             f"{', '.join(map(str, sorted(SUPPORTED_SCHEMA_VERSIONS)))}: upgrade Continuum or write v=1 records")
@@ -314,6 +308,10 @@ def _missing_reason(f: LandingField, kind: str) -> str:
     hint = f" ({f.doc})" if f.doc else ""
     article = "an" if kind[0] in "aeiou" else "a"
     return f"missing required field '{f.name}' in {article} {kind} record{hint}"
+
+
+def _range_reason(name: str, bounds: tuple[float, float]) -> str:
+    return f"field '{name}' must be between {bounds[0]:g} and {bounds[1]:g}"
 
 
 def _enum_reason(name: str, allowed: tuple[str, ...]) -> str:

@@ -1,0 +1,174 @@
+"""`continuum`: run the flywheel on the embedded default, open the Dagster UI, inspect the lake."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from continuum_pipeline.settings import Settings, SettingsError, get_settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DAGSTER_YAML = """\
+# Local Dagster instance: SQLite storage under $DAGSTER_HOME (Dagster's default).
+telemetry:
+  enabled: false
+concurrency:
+  pools:
+    default_limit: 1
+"""
+
+
+def prepare_home(settings: Settings) -> None:
+    """Create CONTINUUM_HOME and an absolute DAGSTER_HOME inside it, with the instance config."""
+    settings.dagster_home.mkdir(parents=True, exist_ok=True)
+    settings.landing_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.update(settings.as_env())
+    target = settings.dagster_home / "dagster.yaml"
+    if not target.exists():
+        template = REPO_ROOT / ("deploy/dagster.yaml" if settings.profile == "production" else "dagster.yaml")
+        if template.exists():
+            shutil.copyfile(template, target)
+        else:
+            target.write_text(DEFAULT_DAGSTER_YAML)
+
+
+def _instance():
+    import dagster as dg
+
+    return dg.DagsterInstance.get()
+
+
+def run_job(name: str, instance=None, tags: dict[str, str] | None = None):
+    """Run one of the code location's jobs in this process, recorded in the persisted instance (visible in the UI)."""
+    from continuum_pipeline.definitions import build_definitions
+
+    job = build_definitions().resolve_job_def(name)
+    result = job.execute_in_process(instance=instance or _instance(), tags=tags or {}, raise_on_error=True)
+    return result
+
+
+def print_table(headers: list[str], rows: list[list]) -> None:
+    cells = [[("" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)) for v in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    prepare_home(settings)
+    from continuum_pipeline.demo import generate_sample_traffic
+
+    print(f"Continuum home: {settings.home}   (Dagster instance: {settings.dagster_home})")
+    print(f"1/3 capturing {args.interactions} support conversations through @capture and feedback.record …")
+    traffic = generate_sample_traffic(args.interactions, seed=args.seed, landing_dir=settings.landing_dir)
+    print(f"    {traffic.interactions} interactions ({traffic.errors} raised), {traffic.feedback_events} feedback events, "
+          f"{traffic.bad_lines} malformed lines from a broken producer")
+    print("2/3 ingest_job: landing segments → Iceberg (exactly once, bad lines quarantined) …")
+    run_job("ingest_job", tags={"continuum/source": "demo"})
+    print("3/3 sql_models_job: DuckDB SQL models over the lake …")
+    run_job("sql_models_job", tags={"continuum/source": "demo"})
+    print()
+    show_lake(settings)
+    print(f"\nSee the runs, assets and lineage: CONTINUUM_HOME={settings.home} continuum ui   (or: make ui)")
+    return 0
+
+
+def show_lake(settings: Settings) -> None:
+    from continuum_pipeline.capture.landing import list_segments
+    from continuum_pipeline.lake.catalog import Lake
+
+    lake = Lake.from_settings(settings)
+    rows = []
+    for name in ("interactions", "feedback_events", "quarantine", "stg_interactions", "stg_feedback_events",
+                 "interaction_feedback", "quality_daily"):
+        if lake.table_exists(name):
+            table = lake.table(name)
+            snap = table.current_snapshot()
+            total = int(snap.summary.additional_properties.get("total-records", 0)) if snap and snap.summary else 0
+            rows.append([f"{lake.namespace}.{name}", total, len(table.snapshots()), snap.snapshot_id if snap else ""])
+    print("What landed in the lake:")
+    print_table(["table", "rows", "snapshots", "current snapshot"], rows)
+    print(f"landing segments waiting: {len(list_segments(settings.landing_dir))}")
+    if lake.table_exists("quarantine"):
+        q = lake.read_arrow("quarantine")
+        if q.num_rows:
+            print("\nQuarantine (raw bytes kept in the table):")
+            print_table(["segment", "line", "error", "reason"],
+                        [[r["segment"][-36:], r["segment_line"], r["error"], r["reason"][:70]]
+                         for r in q.select(["segment", "segment_line", "error", "reason"]).to_pylist()[:10]])
+    if lake.table_exists("quality_daily"):
+        qd = lake.read_arrow("quality_daily").to_pylist()
+        print("\nquality_daily:")
+        print_table(["day", "model", "interactions", "mean score", "neg. feedback rate", "p50 ms", "p95 ms", "error rate"],
+                    [[r["day"], r["model"], r["interactions"], r["mean_score"], r["negative_feedback_rate"],
+                      r["p50_latency_ms"], r["p95_latency_ms"], r["error_rate"]] for r in qd[-10:]])
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    prepare_home(settings)
+    cmd = [sys.executable, "-m", "dagster", "dev", "-m", "continuum_pipeline.definitions",
+           "--host", args.host, "--port", str(args.port)]
+    print(f"Dagster UI on http://{args.host}:{args.port}  (DAGSTER_HOME={settings.dagster_home})", flush=True)
+    os.execvpe(cmd[0], cmd, os.environ)
+    return 0  # not reached
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    prepare_home(settings)
+    run_job("ingest_job")
+    show_lake(settings)
+    return 0
+
+
+def cmd_maintain(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    prepare_home(settings)
+    run_job("lake_maintenance_job")
+    show_lake(settings)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    show_lake(get_settings())
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    s = get_settings()
+    print_table(["setting", "value"], [[k, v] for k, v in s.as_env().items()])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="continuum", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="capture sample traffic and run the flywheel on the embedded default")
+    demo.add_argument("--interactions", type=int, default=300)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.set_defaults(fn=cmd_demo)
+    ui = sub.add_parser("ui", help="open the Dagster UI (and daemon: sensors, schedules) on this home")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=3000)
+    ui.set_defaults(fn=cmd_ui)
+    sub.add_parser("ingest", help="ingest waiting landing segments now").set_defaults(fn=cmd_ingest)
+    sub.add_parser("maintain", help="compact and expire the lake tables now").set_defaults(fn=cmd_maintain)
+    sub.add_parser("status", help="row counts, quarantine and quality_daily").set_defaults(fn=cmd_status)
+    sub.add_parser("settings", help="the settings in effect").set_defaults(fn=cmd_settings)
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except SettingsError as exc:
+        print(f"continuum: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Orchestration: thin Dagster assets, checks, sensors and schedules over the domain code."""

@@ -1,0 +1,33 @@
+"""Materialization metadata people look at: row counts, column schemas, markdown tables."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import dagster as dg
+
+
+def column_schema(schema: Any, docs: dict[str, str] | None = None) -> dg.TableSchema:
+    """A Dagster TableSchema from a pyarrow schema."""
+    docs = docs or {}
+    return dg.TableSchema(columns=[dg.TableColumn(f.name, str(f.type), description=docs.get(f.name)) for f in schema])
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v).replace("|", "\\|").replace("\n", " ") if v is not None else ""
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def table_rows(table: Any) -> int:
+    """Total rows in an Iceberg table's current snapshot (from its summary: no scan)."""
+    snapshot = table.current_snapshot()
+    if snapshot is None or snapshot.summary is None:
+        return 0
+    return int(snapshot.summary.additional_properties.get("total-records", 0))

@@ -1,0 +1,51 @@
+"""One Dagster asset per SQL model in dbt_like_sql/, with dependencies from ref() and source()."""
+
+from pathlib import Path
+
+import dagster as dg
+
+from continuum_pipeline.defs.metadata import column_schema, markdown_table, table_rows
+from continuum_pipeline.defs.resources import LakeResource
+from continuum_pipeline.sql_models.project import SqlModel, SqlProject
+
+
+def sql_model_asset(model: SqlModel, project: SqlProject) -> dg.AssetsDefinition:
+    deps = [dg.AssetKey(ref) for ref in model.refs] + [dg.AssetKey(table) for _, table in model.sources]
+
+    @dg.asset(
+        name=model.name,
+        group_name="sql",
+        deps=deps,
+        kinds={"duckdb", "sql", "iceberg"},
+        description=model.description or f"SQL model {model.path.name}",
+        automation_condition=dg.AutomationCondition.eager(),
+        metadata={"sql_file": str(model.path), "sql": dg.MetadataValue.md(f"```sql\n{model.template.strip()}\n```")},
+    )
+    def _model(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+        from continuum_pipeline.sql_models.runner import run_model
+
+        the_lake = lake.lake()
+        result = run_model(the_lake, project, model.name)
+        context.log.info(f"{model.name}: {result.rows} rows in {result.seconds:.2f}s")
+        preview = result.preview.to_pylist()
+        md = f"**{result.rows} rows** written to `{the_lake.namespace}.{model.name}` in {result.seconds:.2f}s."
+        if preview:
+            md += "\n\n" + markdown_table(list(preview[0]), [list(r.values()) for r in preview])
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": table_rows(the_lake.table(model.name)),
+            "dagster/column_schema": column_schema(result.schema),
+            "snapshot_id": str(result.snapshot_id or ""),
+            "table": f"{the_lake.namespace}.{model.name}",
+            "summary": dg.MetadataValue.md(md),
+        })
+
+    return _model
+
+
+def sql_assets(root: Path) -> list[dg.AssetsDefinition]:
+    project = SqlProject.load(root)
+    return [sql_model_asset(project.models[name], project) for name in project.order()]
+
+
+sql_models_job = dg.define_asset_job("sql_models_job", selection=dg.AssetSelection.groups("sql"),
+                                     description="Rebuild every SQL model over the lake.")

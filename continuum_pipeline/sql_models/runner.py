@@ -1,0 +1,126 @@
+"""Run one SQL model in DuckDB over the lake and store the result as an Iceberg table.
+
+Results live in the lake, next to their sources (namespace `continuum`): every process — the UI, a
+run worker on Kubernetes, the training job — reads the same table, each materialization is a snapshot
+a model version can name in its lineage, and DuckDB stays in-process with no database file to share.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import duckdb
+import pyarrow as pa
+
+from continuum_pipeline.lake.catalog import TABLE_PROPERTIES, Lake
+from continuum_pipeline.sql_models.project import SqlModel, SqlProject
+
+
+@dataclass
+class ModelResult:
+    name: str
+    rows: int
+    snapshot_id: int | None
+    schema: pa.Schema
+    seconds: float
+    sql: str
+    preview: pa.Table
+
+
+def connect(lake: Lake, model: SqlModel) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the model's sources and refs registered as views."""
+    con = duckdb.connect(":memory:")
+    con.execute("SET TimeZone = 'UTC'")
+    for schema, table in model.sources:
+        con.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        if not lake.table_exists(table):
+            raise LookupError(f"{model.path}: source('{schema}', '{table}') is not in the lake yet; "
+                              f"materialize the ingest assets first")
+        lake.register_duckdb(con, table, f'"{schema}"."{table}"')
+    for ref in model.refs:
+        if not lake.table_exists(ref):
+            raise LookupError(f"{model.path}: ref('{ref}') has not been materialized yet; materialize it first")
+        lake.register_duckdb(con, ref, f'"{ref}"')
+    return con
+
+
+def run_model(lake: Lake, project: SqlProject, name: str) -> ModelResult:
+    started = time.perf_counter()
+    model = project.models[name]
+    sql = model.render()
+    con = connect(lake, model)
+    try:
+        cursor = con.execute(sql)
+        # DuckDB 2 renamed fetch_arrow_table to to_arrow_table.
+        result = cursor.to_arrow_table() if hasattr(cursor, "to_arrow_table") else cursor.fetch_arrow_table()
+    except duckdb.Error as exc:
+        raise RuntimeError(f"SQL model {name} ({model.path}) failed in DuckDB: {exc}") from exc
+    finally:
+        con.close()
+    result = _lake_compatible(result)
+    snapshot_id = write_model_table(lake, name, result, {"continuum.sql-model": name})
+    return ModelResult(name, result.num_rows, snapshot_id, result.schema, time.perf_counter() - started, sql,
+                       result.slice(0, 10))
+
+
+def run_all(lake: Lake, project: SqlProject) -> list[ModelResult]:
+    return [run_model(lake, project, name) for name in project.order()]
+
+
+def write_model_table(lake: Lake, name: str, data: pa.Table, summary: dict[str, str]) -> int | None:
+    """Replace a model's table with `data` in one commit, evolving or recreating it if its columns changed."""
+    from pyiceberg.exceptions import NoSuchTableError
+
+    lake.catalog.create_namespace_if_not_exists(lake.namespace)
+    ident = lake.identifier(name)
+    try:
+        table = lake.catalog.load_table(ident)
+    except NoSuchTableError:
+        table = lake.catalog.create_table(ident, schema=data.schema, properties=TABLE_PROPERTIES)
+    if not _same_columns(table.schema().as_arrow(), data.schema):
+        try:
+            with table.update_schema() as update:
+                update.union_by_name(data.schema)
+            table = table.refresh()
+            data = _align(data, table.schema().as_arrow())
+        except Exception:
+            # A column changed type incompatibly: the model is derived data, so rebuild its table.
+            lake.catalog.drop_table(ident)
+            table = lake.catalog.create_table(ident, schema=data.schema, properties=TABLE_PROPERTIES)
+    table.overwrite(data, snapshot_properties=summary)
+    snapshot = table.refresh().current_snapshot()
+    return snapshot.snapshot_id if snapshot else None
+
+
+def _same_columns(a: pa.Schema, b: pa.Schema) -> bool:
+    return [(f.name, _base(f.type)) for f in a] == [(f.name, _base(f.type)) for f in b]
+
+
+def _base(t: pa.DataType) -> str:
+    return "string" if pa.types.is_large_string(t) or pa.types.is_string(t) else str(t)
+
+
+def _align(data: pa.Table, schema: pa.Schema) -> pa.Table:
+    cols = [data[f.name] if f.name in data.column_names else pa.nulls(data.num_rows, f.type) for f in schema]
+    return pa.table(cols, names=schema.names)
+
+
+def _lake_compatible(table: pa.Table) -> pa.Table:
+    """DuckDB may hand back Arrow types Iceberg has no mapping for; cast them to the nearest one."""
+    fields = []
+    for f in table.schema:
+        t = f.type
+        if pa.types.is_string_view(t) or pa.types.is_large_string(t):
+            t = pa.string()
+        elif pa.types.is_unsigned_integer(t):
+            t = pa.int64()
+        elif pa.types.is_integer(t) and t.bit_width < 32:
+            t = pa.int32()
+        elif pa.types.is_decimal(t) and t.scale == 0:
+            t = pa.int64()  # SUM/COUNT over ints come back as HUGEINT→decimal(38,0)
+        elif pa.types.is_timestamp(t) and t.unit == "ns":
+            t = pa.timestamp("us", tz=t.tz)
+        fields.append(pa.field(f.name, t))
+    target = pa.schema(fields)
+    return table if target == table.schema else table.cast(target)

@@ -1,0 +1,20 @@
+-- Per model per day: volume, mean feedback score, negative-feedback rate, latency percentiles, error rate.
+-- negative_feedback_rate is over interactions that got any feedback (silence is not a verdict).
+select
+    i.day,
+    i.model,
+    i.model_version,
+    count(*) as interactions,
+    avg(f.mean_score) as mean_score,
+    count(*) filter (where f.feedback_events > 0) as interactions_with_feedback,
+    (count(*) filter (where f.negative_events > 0))::double
+        / nullif(count(*) filter (where f.feedback_events > 0), 0) as negative_feedback_rate,
+    quantile_cont(i.latency_ms, 0.5) as p50_latency_ms,
+    quantile_cont(i.latency_ms, 0.95) as p95_latency_ms,
+    avg(i.is_error::int) as error_rate,
+    sum(i.total_tokens) as tokens,
+    sum(i.cost_usd) as cost_usd
+from {{ ref('stg_interactions') }} as i
+join {{ ref('interaction_feedback') }} as f using (interaction_id)
+group by all
+order by i.day, i.model, i.model_version

@@ -1,0 +1,26 @@
+-- One row per captured model call, with the day and the outcome flags the marts group by.
+select
+    interaction_id,
+    session_id,
+    user_id,
+    ts,
+    cast(ts as date) as day,
+    task,
+    model,
+    coalesce(model_version, '') as model_version,
+    route,
+    consent,
+    prompt,
+    response,
+    latency_ms,
+    ttft_ms,
+    prompt_tokens,
+    completion_tokens,
+    coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0) as total_tokens,
+    cost_usd,
+    status,
+    status = 'error' as is_error,
+    error_type,
+    content_hash,
+    source
+from {{ source('lake', 'interactions') }}
