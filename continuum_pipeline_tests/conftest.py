@@ -22,6 +22,7 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("CONTINUUM_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home" / "dagster"))
+    (tmp_path / "home" / "dagster").mkdir(parents=True)
     return Settings.from_env()
 
 

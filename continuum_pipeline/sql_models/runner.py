@@ -51,9 +51,9 @@ def run_model(lake: Lake, project: SqlProject, name: str) -> ModelResult:
     sql = model.render()
     con = connect(lake, model)
     try:
-        cursor = con.execute(sql)
-        # DuckDB 2 renamed fetch_arrow_table to to_arrow_table.
-        result = cursor.to_arrow_table() if hasattr(cursor, "to_arrow_table") else cursor.fetch_arrow_table()
+        relation = con.sql(sql)
+        # DuckDB 2 names it to_arrow_table; 1.x calls it arrow().
+        result = relation.to_arrow_table() if hasattr(relation, "to_arrow_table") else relation.arrow()
     except duckdb.Error as exc:
         raise RuntimeError(f"SQL model {name} ({model.path}) failed in DuckDB: {exc}") from exc
     finally:
@@ -88,7 +88,10 @@ def write_model_table(lake: Lake, name: str, data: pa.Table, summary: dict[str, 
             # A column changed type incompatibly: the model is derived data, so rebuild its table.
             lake.catalog.drop_table(ident)
             table = lake.catalog.create_table(ident, schema=data.schema, properties=TABLE_PROPERTIES)
-    table.overwrite(data, snapshot_properties=summary)
+    if table.current_snapshot() is None:
+        table.append(data, snapshot_properties=summary)
+    else:
+        table.overwrite(data, snapshot_properties=summary)
     snapshot = table.refresh().current_snapshot()
     return snapshot.snapshot_id if snapshot else None
 

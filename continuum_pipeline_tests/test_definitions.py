@@ -1,0 +1,109 @@
+"""The Dagster code location: it loads, validates, materializes with metadata, and its sensor behaves."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import dagster as dg
+
+from continuum_pipeline.definitions import build_definitions
+from continuum_pipeline.defs.ingest.sensors import landing_sensor
+from continuum_pipeline.defs.resources import LandingResource
+
+from .conftest import REPO_ROOT, feedback, interaction, write_segment
+
+INGEST = ["interactions", "feedback_events", "quarantine"]
+SQL = ["stg_interactions", "stg_feedback_events", "interaction_feedback", "quality_daily"]
+
+
+def test_definitions_load_with_groups_and_sql_dependencies(settings):
+    defs = build_definitions(settings)
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert set(INGEST + SQL + ["lake_maintenance"]) <= keys
+    for key in INGEST:
+        assert graph.get(dg.AssetKey(key)).group_name == "ingest"
+    for key in SQL:
+        assert graph.get(dg.AssetKey(key)).group_name == "sql"
+    parents = {p.to_user_string() for p in graph.get(dg.AssetKey("quality_daily")).parent_keys}
+    assert parents == {"stg_interactions", "interaction_feedback"}
+    assert {p.to_user_string() for p in graph.get(dg.AssetKey("stg_interactions")).parent_keys} == {"interactions"}
+    assert {j.name for j in defs.resolve_all_job_defs()} >= {"ingest_job", "sql_models_job", "lake_maintenance_job"}
+
+
+def test_dagster_definitions_validate_passes(settings):
+    out = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Validation successful" in out.stdout + out.stderr
+
+
+def test_ingest_and_sql_jobs_materialize_with_row_counts_schema_and_summary(settings):
+    recs = [interaction(i) for i in range(30)] + [feedback(i, f"i{i:06d}", score=0.0) for i in range(10)]
+    write_segment(settings.landing_dir, "20261121T000000Z-a", recs + [b"{not json"])
+    defs = build_definitions(settings)
+    with dg.instance_for_test() as instance:
+        ingest = defs.resolve_job_def("ingest_job").execute_in_process(instance=instance)
+        assert ingest.success
+        sql = defs.resolve_job_def("sql_models_job").execute_in_process(instance=instance)
+        assert sql.success
+
+        def latest(key: str) -> dict:
+            event = instance.get_latest_materialization_event(dg.AssetKey(key))
+            return event.asset_materialization.metadata
+
+        expected_rows = {"interactions": 30, "feedback_events": 10, "quarantine": 1, "stg_interactions": 30,
+                         "interaction_feedback": 30, "quality_daily": 1}
+        for key, rows in expected_rows.items():
+            meta = latest(key)
+            assert meta["dagster/row_count"].value == rows, key
+            assert meta["dagster/column_schema"].schema.columns, key
+        assert "invalid_json" in latest("quarantine")["summary"].value
+        assert "30 rows appended" in latest("interactions")["summary"].value
+        columns = {c.name for c in latest("interactions")["dagster/column_schema"].schema.columns}
+        assert {"interaction_id", "ts", "messages", "segment", "segment_line"} <= columns
+        assert "| day |" in latest("quality_daily")["summary"].value
+
+
+def test_lake_maintenance_asset_reports_what_it_did(settings):
+    for c in range(5):
+        write_segment(settings.landing_dir, f"2026112{c}T000000Z-m{c}", [interaction(c * 10 + i) for i in range(3)])
+    defs = build_definitions(settings)
+    with dg.instance_for_test() as instance:
+        assert defs.resolve_job_def("ingest_job").execute_in_process(instance=instance).success
+        result = defs.resolve_job_def("lake_maintenance_job").execute_in_process(
+            instance=instance,
+            run_config={"ops": {"lake_maintenance": {"config": {"snapshot_retention_hours": 0, "retain_last_snapshots": 1,
+                                                                  "compact_min_files": 2}}}})
+        assert result.success
+        meta = instance.get_latest_materialization_event(dg.AssetKey("lake_maintenance")).asset_materialization.metadata
+        assert "| interactions |" in meta["summary"].value
+
+
+def test_landing_sensor_requests_each_new_batch_once(settings):
+    landing = LandingResource(landing_dir=str(settings.landing_dir), max_segments=10)
+    with dg.instance_for_test() as instance:
+        ctx = dg.build_sensor_context(instance=instance, resources={"landing": landing})
+        assert isinstance(landing_sensor(ctx), dg.SkipReason)
+
+        write_segment(settings.landing_dir, "20261121T000001Z-a", [interaction(1)])
+        write_segment(settings.landing_dir, "20261121T000002Z-b", [interaction(2)])
+        ctx = dg.build_sensor_context(instance=instance, resources={"landing": landing}, cursor=ctx.cursor)
+        first = landing_sensor(ctx)
+        assert isinstance(first, dg.RunRequest) and first.run_key.startswith("landing-")
+        assert first.tags["continuum/segments"] == "2"
+        assert sorted(json.loads(ctx.cursor)["requested"]) == ["20261121T000001Z-a.jsonl", "20261121T000002Z-b.jsonl"]
+
+        ctx = dg.build_sensor_context(instance=instance, resources={"landing": landing}, cursor=ctx.cursor)
+        skip = landing_sensor(ctx)
+        assert isinstance(skip, dg.SkipReason) and "2 waiting" in skip.skip_message
+
+        write_segment(settings.landing_dir, "20261121T000003Z-c", [interaction(3)])
+        (settings.landing_dir / "20261121T000001Z-a.jsonl").unlink()  # archived by an ingest run
+        ctx = dg.build_sensor_context(instance=instance, resources={"landing": landing}, cursor=ctx.cursor)
+        second = landing_sensor(ctx)
+        assert isinstance(second, dg.RunRequest) and second.run_key != first.run_key
+        assert second.tags["continuum/segments"] == "1"
+        assert sorted(json.loads(ctx.cursor)["requested"]) == ["20261121T000002Z-b.jsonl", "20261121T000003Z-c.jsonl"]
