@@ -8,7 +8,11 @@ import dagster as dg
 
 from continuum_pipeline.defs.ingest.assets import ingest_job, ingest_landing_segments
 from continuum_pipeline.defs.ingest.sensors import landing_sensor
-from continuum_pipeline.defs.lake.assets import lake_maintenance, lake_maintenance_job, lake_maintenance_schedule
+from continuum_pipeline.defs.lake.assets import (
+    lake_maintenance,
+    lake_maintenance_job,
+    lake_maintenance_schedule,
+)
 from continuum_pipeline.defs.resources import default_sql_dir, resources_from_settings
 from continuum_pipeline.defs.sql.assets import sql_assets, sql_models_job
 from continuum_pipeline.settings import Settings, get_settings

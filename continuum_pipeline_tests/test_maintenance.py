@@ -10,9 +10,13 @@ from continuum_pipeline.lake.maintenance import MaintenancePolicy, maintain
 
 from .conftest import interaction, write_segment
 
-NOW_PLUS = datetime.now(UTC) + timedelta(seconds=5)
 EAGER = MaintenancePolicy(snapshot_retention=timedelta(0), retain_last=1, compact_min_files=3,
                           orphan_min_age=timedelta(0))
+
+
+def soon() -> datetime:
+    """A moment after every snapshot made so far, so a zero retention expires them all."""
+    return datetime.now(UTC) + timedelta(seconds=5)
 
 
 def ingest_in_small_commits(lake, settings, commits=6, rows=20):
@@ -31,7 +35,7 @@ def test_compaction_and_expiry_keep_every_row(lake, settings):
     before = lake.read_arrow("interactions").sort_by("interaction_id")
     assert data_files(lake.table("interactions")) == 6 and len(lake.table("interactions").snapshots()) == 6
 
-    (report,) = maintain(lake, ["interactions"], EAGER, now=NOW_PLUS)
+    (report,) = maintain(lake, ["interactions"], EAGER, now=soon())
     after = lake.read_arrow("interactions").sort_by("interaction_id")
     assert after.num_rows == n and after.equals(before.select(after.column_names))
     assert (report.files_before, report.files_after, report.partitions_compacted) == (6, 1, 1)
@@ -47,7 +51,7 @@ def test_ingest_stays_exactly_once_across_maintenance(lake, settings):
     seg = write_segment(settings.landing_dir, "20261201T000000Z-crashed", [interaction(9000 + i) for i in range(7)])
     ingest_landing(lake, settings.landing_dir)
     os.replace(settings.landing_dir / "archive" / seg.name, seg)  # put it back: as if archiving never happened
-    maintain(lake, ["interactions"], EAGER, now=NOW_PLUS)
+    maintain(lake, ["interactions"], EAGER, now=soon())
     report = ingest_landing(lake, settings.landing_dir)
     assert report.rows("interactions") == 0 and report.commits["interactions"].skipped_rows == 7
     assert lake.read_arrow("interactions").num_rows == n + 7

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from continuum_pipeline.lake.normalize import _line_by_line, normalize_segment
+from continuum_pipeline.lake.normalize import _line_by_line, normalize_batch, normalize_segment
 
 from .conftest import feedback, interaction
 
@@ -85,3 +85,16 @@ def test_blank_lines_are_quarantined_not_silently_skipped():
     seg = normalize_segment("seg", lines(interaction(1)) + b"\n" + lines(interaction(2)), AT)
     assert seg.interactions.num_rows == 2
     assert [(q.line, q.error) for q in seg.quarantine] == [(2, "invalid_json")]
+
+
+def test_a_bad_segment_in_a_batch_leaves_the_clean_ones_on_the_fast_path():
+    clean = [(f"seg{i}", lines(*(interaction(i * 100 + j) for j in range(10)))) for i in range(7)]
+    dirty = ("seg-dirty", lines(interaction(900), b"{broken", interaction(901)))
+    batch = normalize_batch(clean[:3] + [dirty] + clean[3:], AT)
+    assert (batch.segments, batch.fast_path_segments) == (8, 7)
+    assert batch.interactions.num_rows == 72
+    (q,) = batch.quarantine
+    assert (q.segment, q.line, q.error) == ("seg-dirty", 2, "invalid_json")
+    rows = batch.interactions.select(["segment", "segment_line", "interaction_id"]).to_pylist()
+    assert {"segment": "seg-dirty", "segment_line": 3, "interaction_id": "i000901"} in rows
+    assert {"segment": "seg5", "segment_line": 10, "interaction_id": "i000509"} in rows

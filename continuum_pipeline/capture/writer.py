@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import logging
 import os
 import socket
@@ -165,10 +166,8 @@ class LandingWriter:
         except OSError as exc:
             self.counts["dropped_write_error"] += len(lines)
             self._warn_once("write_error", "capture could not write to %s (%s): dropping records", landing, exc)
-            try:
+            with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
             return 0
         self.counts["written"] += len(lines)
         self.counts["segments"] += 1

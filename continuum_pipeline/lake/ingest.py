@@ -11,6 +11,7 @@ The ledger holds only segments still in landing (archived ones are pruned), so i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ import pyarrow.compute as pc
 
 from continuum_pipeline.capture.landing import ARCHIVE_DIR, list_segments
 from continuum_pipeline.lake.catalog import Lake
-from continuum_pipeline.lake.normalize import NormalizedSegment, normalize_segment, quarantine_table
+from continuum_pipeline.lake.normalize import normalize_batch, quarantine_table
 from continuum_pipeline.lake.schemas import INGEST_TABLES
 
 log = logging.getLogger(__name__)
@@ -66,32 +67,39 @@ def read_ledger(table) -> set[str]:
     return set(json.loads(table.properties.get(LEDGER_PROPERTY, "[]")))
 
 
-def ingest_landing(lake: Lake, landing: Path, *, max_segments: int = 2000, max_record_bytes: int = 1 << 20,
-                   progress: Progress | None = None, run_id: str | None = None) -> IngestReport:
-    """Ingest up to `max_segments` landing segments into interactions, feedback_events and quarantine."""
+def ingest_landing(lake: Lake, landing: Path, *, max_segments: int = 2000, max_bytes: int = 512 << 20,
+                   max_record_bytes: int = 1 << 20, progress: Progress | None = None,
+                   run_id: str | None = None) -> IngestReport:
+    """Ingest waiting landing segments (up to `max_segments` and about `max_bytes`) into interactions,
+    feedback_events and quarantine; whatever is left waits for the next run."""
     started = time.perf_counter()
     emit = progress or (lambda event, info: None)
     lake.ensure_tables()
     present = list_segments(landing)
-    batch = present[:max_segments]
-    report = IngestReport(segments=batch, remaining_segments=len(present) - len(batch))
-    emit("listed", {"segments": len(batch), "remaining": report.remaining_segments})
+    batch: list[str] = []
+    contents: list[tuple[str, bytes]] = []
+    size = 0
+    for name in present[:max_segments]:
+        if size >= max_bytes:
+            break  # bound the memory one run needs; the rest waits
+        data = (landing / name).read_bytes()
+        contents.append((name, data))
+        batch.append(name)
+        size += len(data)
+    report = IngestReport(segments=batch, remaining_segments=len(present) - len(batch), bytes_read=size)
+    emit("listed", {"segments": len(batch), "remaining": report.remaining_segments, "bytes": report.bytes_read})
     if not batch:
         return report
 
     now = datetime.now(UTC)
-    normalized: list[NormalizedSegment] = []
-    for name in batch:
-        data = (landing / name).read_bytes()
-        report.bytes_read += len(data)
-        seg = normalize_segment(name, data, now, max_record_bytes)
-        report.fast_path_segments += seg.fast_path
-        report.quarantine_reasons.update(q.error for q in seg.quarantine)
-        normalized.append(seg)
+    normalized = normalize_batch(contents, now, max_record_bytes)
+    del contents
+    report.fast_path_segments = normalized.fast_path_segments
+    report.quarantine_reasons.update(q.error for q in normalized.quarantine)
     rows = {
-        "interactions": pa.concat_tables([s.interactions for s in normalized]),
-        "feedback_events": pa.concat_tables([s.feedback_events for s in normalized]),
-        "quarantine": quarantine_table([(s.segment, q) for s in normalized for q in s.quarantine], now),
+        "interactions": normalized.interactions,
+        "feedback_events": normalized.feedback_events,
+        "quarantine": quarantine_table(normalized.quarantine, now),
     }
     emit("normalized", {name: t.num_rows for name, t in rows.items()})
 
@@ -106,10 +114,9 @@ def ingest_landing(lake: Lake, landing: Path, *, max_segments: int = 2000, max_r
     archive = landing / ARCHIVE_DIR
     archive.mkdir(parents=True, exist_ok=True)
     for name in batch:
-        try:
+        # a concurrent run may have archived it already, after committing the same rows (our commit was a no-op)
+        with contextlib.suppress(FileNotFoundError):
             os.replace(landing / name, archive / name)
-        except FileNotFoundError:
-            pass  # a concurrent run archived it after committing the same rows (its ledger made ours a no-op)
     emit("archived", {"segments": len(batch)})
     report.seconds = time.perf_counter() - started
     return report

@@ -1,10 +1,11 @@
 """Landing segment bytes → lake rows, or quarantine rows that say what is wrong and keep the raw bytes.
 
-Two paths that give identical rows:
-- fast: a clean segment is parsed by Arrow's C++ JSON reader and validated column-wise;
-- line by line: any segment the fast path refuses (bad JSON, bad UTF-8, wrong types, blank or oversize
+Two paths that give identical rows for the lines both accept:
+- fast: a batch of clean segments is parsed at once by Arrow's multi-threaded JSON reader and validated
+  column-wise; the few rows that fail a check are re-read line by line for their reason;
+- line by line: a segment the fast path refuses (bad JSON, bad UTF-8, wrong types, blank or oversize
   lines) is re-read one line at a time, so each bad line is quarantined with the field it fails on and
-  every good line still lands.
+  every good line still lands. (Only the fast path lets invalid UTF-8 pass in a field it does not store.)
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ _READ = pj.ReadOptions(use_threads=True, block_size=8 << 20)
 
 @dataclass
 class QuarantineRow:
+    segment: str
     line: int
     error: str  # invalid_utf8 | oversize | invalid_json | unknown_schema_version | unknown_kind | missing_field | wrong_type | invalid_value
     reason: str
@@ -58,16 +60,22 @@ class QuarantineRow:
 
 
 @dataclass
-class NormalizedSegment:
-    segment: str
+class NormalizedBatch:
     interactions: pa.Table
     feedback_events: pa.Table
     quarantine: list[QuarantineRow] = field(default_factory=list)
-    fast_path: bool = True
+    segments: int = 0
+    fast_path_segments: int = 0
 
     @property
-    def lines(self) -> int:
-        return self.interactions.num_rows + self.feedback_events.num_rows + len(self.quarantine)
+    def fast_path(self) -> bool:
+        return self.fast_path_segments == self.segments
+
+    @classmethod
+    def merge(cls, parts: list[NormalizedBatch]) -> NormalizedBatch:
+        return cls(pa.concat_tables([p.interactions for p in parts]), pa.concat_tables([p.feedback_events for p in parts]),
+                   [q for p in parts for q in p.quarantine], sum(p.segments for p in parts),
+                   sum(p.fast_path_segments for p in parts))
 
 
 class Invalid(Exception):
@@ -76,15 +84,28 @@ class Invalid(Exception):
         self.error, self.reason, self.field, self.kind = error, reason, field_name, kind
 
 
-def normalize_segment(segment: str, data: bytes, ingested_at: datetime, max_record_bytes: int = 1 << 20) -> NormalizedSegment:
-    fast = _fast_path(segment, data, ingested_at, max_record_bytes)
-    return fast if fast is not None else _line_by_line(segment, data, ingested_at, max_record_bytes)
+def normalize_batch(segments: list[tuple[str, bytes]], at: datetime, max_record_bytes: int = 1 << 20) -> NormalizedBatch:
+    """Normalize (segment name, bytes) pairs: all at once when clean, else split until the bad ones are found."""
+    if not segments:
+        return NormalizedBatch(INTERACTIONS.empty_table(), FEEDBACK_EVENTS.empty_table())
+    fast = _fast_path(segments, at, max_record_bytes)
+    if fast is not None:
+        return fast
+    if len(segments) > 1:  # one bad segment spoils the joint parse: halve, so the clean ones stay fast
+        mid = len(segments) // 2
+        return NormalizedBatch.merge([normalize_batch(segments[:mid], at, max_record_bytes),
+                                      normalize_batch(segments[mid:], at, max_record_bytes)])
+    return _line_by_line(*segments[0], at, max_record_bytes)
 
 
-def quarantine_table(segment_rows: list[tuple[str, QuarantineRow]], at: datetime) -> pa.Table:
+def normalize_segment(segment: str, data: bytes, at: datetime, max_record_bytes: int = 1 << 20) -> NormalizedBatch:
+    return normalize_batch([(segment, data)], at, max_record_bytes)
+
+
+def quarantine_table(rows: list[QuarantineRow], at: datetime) -> pa.Table:
     return pa.Table.from_pylist(
-        [{"segment": seg, "segment_line": q.line, "kind": q.kind, "error": q.error, "field": q.field,
-          "reason": q.reason, "raw": q.raw, "quarantined_at": at} for seg, q in segment_rows],
+        [{"segment": q.segment, "segment_line": q.line, "kind": q.kind, "error": q.error, "field": q.field,
+          "reason": q.reason, "raw": q.raw, "quarantined_at": at} for q in rows],
         schema=QUARANTINE,
     )
 
@@ -98,25 +119,29 @@ def _line_bounds(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     return starts, ends
 
 
-def _fast_path(segment: str, data: bytes, at: datetime, max_bytes: int) -> NormalizedSegment | None:
-    if not data:
-        return NormalizedSegment(segment, INTERACTIONS.empty_table(), FEEDBACK_EVENTS.empty_table())
-    try:
-        data.decode("utf-8")  # Arrow's reader does not check UTF-8
-    except UnicodeDecodeError:
-        return None
-    starts, ends = _line_bounds(data)
+def _fast_path(segments: list[tuple[str, bytes]], at: datetime, max_bytes: int) -> NormalizedBatch | None:
+    """One multi-threaded Arrow parse for the whole batch, validated column-wise; None if anything is off."""
+    datas = [d if not d or d.endswith(b"\n") else d + b"\n" for _, d in segments]
+    buf = b"".join(datas)
+    counts = np.array([d.count(b"\n") for d in datas])
+    if not buf:
+        return NormalizedBatch(INTERACTIONS.empty_table(), FEEDBACK_EVENTS.empty_table(), [], len(segments), len(segments))
+    starts, ends = _line_bounds(buf)
     lengths = ends - starts
     if lengths.min() == 0 or lengths.max() > max_bytes:
         return None
     try:
-        parsed = pj.read_json(io.BytesIO(data), read_options=_READ, parse_options=_PARSE)
+        parsed = pj.read_json(io.BytesIO(buf), read_options=_READ, parse_options=_PARSE)
+        # Arrow's reader does not check UTF-8; a full validation checks every string it stored.
+        parsed.validate(full=True)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         return None
     if parsed.num_rows != len(starts):
         return None
 
-    line_no = pa.array(np.arange(1, len(starts) + 1, dtype=np.int32))
+    names = pa.array([name for name, _ in segments], pa.string())
+    segment_index = np.repeat(np.arange(len(segments)), counts)
+    line_no = np.concatenate([np.arange(1, c + 1, dtype=np.int32) for c in counts])
     bad = np.zeros(parsed.num_rows, dtype=bool)
     # Column-wise checks only find the bad rows; their reasons come from re-reading those few lines
     # one by one, so both paths quarantine with the same words.
@@ -140,32 +165,34 @@ def _fast_path(segment: str, data: bytes, at: datetime, max_bytes: int) -> Norma
                 bad |= is_kind[kind] & _np(pc.fill_null(out, False))
     quarantine = []
     for i in np.flatnonzero(bad):
-        raw = data[starts[i]:ends[i]]
+        raw = buf[starts[i]:ends[i]]
         try:
             _parse_line(raw, max_bytes)
         except Invalid as exc:
-            quarantine.append(QuarantineRow(int(i) + 1, exc.error, exc.reason, raw, exc.field, exc.kind))
-        else:  # the two paths disagree about this line: let the line-by-line path decide the whole segment
+            quarantine.append(QuarantineRow(segments[segment_index[i]][0], int(line_no[i]), exc.error, exc.reason, raw,
+                                            exc.field, exc.kind))
+        else:  # the two paths disagree about this line: let the slower paths decide
             return None
     tables = {}
     for kind, target in TARGET.items():
-        keep = pa.array(is_kind[kind] & ~bad)
-        tables[kind] = _finish(parsed.filter(keep), target, segment, line_no.filter(keep), at)
-    return NormalizedSegment(segment, tables["interaction"], tables["feedback"], quarantine, fast_path=True)
+        keep = is_kind[kind] & ~bad
+        rows = parsed if keep.all() else parsed.filter(pa.array(keep))  # a filter copies every column
+        tables[kind] = _finish(rows, target, names.take(pa.array(segment_index[keep])), pa.array(line_no[keep]), at)
+    return NormalizedBatch(tables["interaction"], tables["feedback"], quarantine, len(segments), len(segments))
 
 
 def _np(arr: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def _finish(rows: pa.Table, target: pa.Schema, segment: str, lines: pa.Array, at: datetime) -> pa.Table:
+def _finish(rows: pa.Table, target: pa.Schema, segments: pa.Array, lines: pa.Array, at: datetime) -> pa.Table:
     n = rows.num_rows
     columns = {}
     for f in target:
         if f.name == "schema_version":
             columns[f.name] = pc.cast(rows["v"], pa.int32())
         elif f.name == "segment":
-            columns[f.name] = pa.repeat(pa.scalar(segment), n) if n else pa.array([], pa.string())
+            columns[f.name] = segments
         elif f.name == "segment_line":
             columns[f.name] = lines
         elif f.name == "ingested_at":
@@ -187,7 +214,7 @@ def _fill_content_hash(table: pa.Table) -> pa.Table:
 
 # --- line by line --------------------------------------------------------------------------------
 
-def _line_by_line(segment: str, data: bytes, at: datetime, max_bytes: int) -> NormalizedSegment:
+def _line_by_line(segment: str, data: bytes, at: datetime, max_bytes: int) -> NormalizedBatch:
     rows: dict[str, list[dict]] = {"interaction": [], "feedback": []}
     lines: dict[str, list[int]] = {"interaction": [], "feedback": []}
     quarantine: list[QuarantineRow] = []
@@ -198,7 +225,7 @@ def _line_by_line(segment: str, data: bytes, at: datetime, max_bytes: int) -> No
         try:
             kind, row = _parse_line(raw, max_bytes)
         except Invalid as bad:
-            quarantine.append(QuarantineRow(number, bad.error, bad.reason, raw, bad.field, bad.kind))
+            quarantine.append(QuarantineRow(segment, number, bad.error, bad.reason, raw, bad.field, bad.kind))
             continue
         rows[kind].append(row)
         lines[kind].append(number)
@@ -206,8 +233,9 @@ def _line_by_line(segment: str, data: bytes, at: datetime, max_bytes: int) -> No
     for kind, target in TARGET.items():
         landing = [f.name for f in FIELDS_BY_KIND[kind]]
         parsed = pa.Table.from_pylist(rows[kind], schema=pa.schema([(n, _LANDING_UNION[n]) for n in landing]))
-        tables[kind] = _finish(parsed, target, segment, pa.array(lines[kind], pa.int32()), at)
-    return NormalizedSegment(segment, tables["interaction"], tables["feedback"], quarantine, fast_path=False)
+        segment_col = pa.array([segment] * parsed.num_rows, pa.string())
+        tables[kind] = _finish(parsed, target, segment_col, pa.array(lines[kind], pa.int32()), at)
+    return NormalizedBatch(tables["interaction"], tables["feedback"], quarantine, segments=1, fast_path_segments=0)
 
 
 def _parse_line(raw: bytes, max_bytes: int) -> tuple[str, dict]:
