@@ -120,20 +120,17 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
-    settings = get_settings()
-    prepare_home(settings)
-    run_job("ingest_job")
-    show_lake(settings)
-    return 0
+def cmd_job(job: str):
+    """A command that runs one job in the persisted instance, then shows the lake."""
 
+    def run(args: argparse.Namespace) -> int:
+        settings = get_settings()
+        prepare_home(settings)
+        run_job(job)
+        show_lake(settings)
+        return 0
 
-def cmd_maintain(args: argparse.Namespace) -> int:
-    settings = get_settings()
-    prepare_home(settings)
-    run_job("lake_maintenance_job")
-    show_lake(settings)
-    return 0
+    return run
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -158,8 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)
     ui.set_defaults(fn=cmd_ui)
-    sub.add_parser("ingest", help="ingest waiting landing segments now").set_defaults(fn=cmd_ingest)
-    sub.add_parser("maintain", help="compact and expire the lake tables now").set_defaults(fn=cmd_maintain)
+    sub.add_parser("ingest", help="ingest waiting landing segments now").set_defaults(fn=cmd_job("ingest_job"))
+    sub.add_parser("maintain", help="compact and expire the lake tables now").set_defaults(
+        fn=cmd_job("lake_maintenance_job"))
     sub.add_parser("status", help="row counts, quarantine and quality_daily").set_defaults(fn=cmd_status)
     sub.add_parser("settings", help="the settings in effect").set_defaults(fn=cmd_settings)
     args = parser.parse_args(argv)
