@@ -15,7 +15,8 @@ from continuum_pipeline.defs.resources import LandingResource
 from .conftest import REPO_ROOT, feedback, interaction, write_segment
 
 INGEST = ["interactions", "feedback_events", "quarantine"]
-SQL = ["stg_interactions", "stg_feedback_events", "interaction_feedback", "quality_daily"]
+SQL = ["stg_interactions", "stg_feedback_events", "interaction_feedback", "interaction_rewards", "sft_candidates",
+       "quality_daily"]
 
 
 def test_definitions_load_with_groups_and_sql_dependencies(settings):
@@ -28,7 +29,7 @@ def test_definitions_load_with_groups_and_sql_dependencies(settings):
     for key in SQL:
         assert graph.get(dg.AssetKey(key)).group_name == "sql"
     parents = {p.to_user_string() for p in graph.get(dg.AssetKey("quality_daily")).parent_keys}
-    assert parents == {"stg_interactions", "interaction_feedback"}
+    assert parents == {"stg_interactions", "interaction_feedback", "interaction_rewards"}
     assert {p.to_user_string() for p in graph.get(dg.AssetKey("stg_interactions")).parent_keys} == {"interactions"}
     assert {j.name for j in defs.resolve_all_job_defs()} >= {"ingest_job", "sql_models_job", "lake_maintenance_job"}
 

@@ -19,12 +19,13 @@ SQL_DIR = REPO_ROOT / "dbt_like_sql"
 def test_project_reads_dependencies_and_orders_models():
     project = SqlProject.load(SQL_DIR)
     assert project.models["stg_interactions"].sources == (("lake", "interactions"),)
-    assert set(project.models["quality_daily"].refs) == {"stg_interactions", "interaction_feedback"}
+    assert set(project.models["quality_daily"].refs) == {"stg_interactions", "interaction_feedback", "interaction_rewards"}
+    assert project.models["interaction_rewards"].sources == (("lake", "reward_labels"),)
     order = project.order()
     for model in project.models.values():
         for ref in model.refs:
             assert order.index(ref) < order.index(model.name)
-    assert project.sources() == {("lake", "interactions"), ("lake", "feedback_events")}
+    assert project.sources() == {("lake", "interactions"), ("lake", "feedback_events"), ("lake", "reward_labels")}
 
 
 def write_sql(root: Path, files: dict[str, str]) -> Path:

@@ -134,8 +134,8 @@ def last_interaction_id() -> str | None:
 
 def annotate(**fields: Any) -> None:
     """Add fields to the interaction in progress: prompt_tokens, completion_tokens, cost_usd, ttft_ms,
-    model, model_version, route, consent, contexts, tool_calls, response, metadata, …
-    Call it inside the captured function; unknown keys go to metadata."""
+    model, model_version, route, consent, contexts, tool_calls, response, metadata, ts (a datetime, for
+    replays and simulations), … Call it inside the captured function; unknown keys go to metadata."""
     iid = _current.get()
     if iid is not None:
         _annotations.setdefault(iid, {}).update(fields)

@@ -233,11 +233,12 @@ def interaction_record(
     resp = extract_response(result) if error is None else {}
     metadata = {**(spec.metadata or {}), **(ctx.get("metadata") or {}), **(ann.pop("metadata", None) or {})}
     response = ann.pop("response", resp.get("response"))
+    ts = ann.pop("ts", None)  # replays and simulations carry their own time
     record = {
         "v": SCHEMA_VERSION,
         "kind": "interaction",
         "interaction_id": interaction_id,
-        "ts": iso_utc(wall_ns),
+        "ts": ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if isinstance(ts, datetime) else iso_utc(wall_ns),
         "trace_id": ann.pop("trace_id", ctx.get("trace_id")),
         "span_id": ann.pop("span_id", None),
         "session_id": ann.pop("session_id", ctx.get("session_id")),

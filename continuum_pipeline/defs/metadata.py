@@ -31,3 +31,11 @@ def table_rows(table: Any) -> int:
     if snapshot is None or snapshot.summary is None:
         return 0
     return int(snapshot.summary.additional_properties.get("total-records", 0))
+
+
+def latest_metadata(instance: dg.DagsterInstance, key: str) -> dict[str, Any]:
+    """Raw values of the latest materialization's metadata of `key` ({} if never materialized)."""
+    event = instance.get_latest_materialization_event(dg.AssetKey(key))
+    if event is None or event.asset_materialization is None:
+        return {}
+    return {k: getattr(v, "value", v) for k, v in event.asset_materialization.metadata.items()}

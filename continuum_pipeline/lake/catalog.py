@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 
 import pyarrow as pa
 
-from continuum_pipeline.lake.schemas import LAYOUTS, TableLayout
+from continuum_pipeline.lake.schemas import LAYOUTS, LEARNING_LAYOUTS, TableLayout
 
 if TYPE_CHECKING:
     import duckdb
@@ -80,7 +80,7 @@ class Lake:
     def ensure_tables(self, layouts: list[TableLayout] | None = None) -> None:
         """Create the namespace and the lake tables if missing (idempotent, safe under races)."""
         self.catalog.create_namespace_if_not_exists(self.namespace)
-        for layout in layouts or LAYOUTS.values():
+        for layout in layouts or [*LAYOUTS.values(), *LEARNING_LAYOUTS.values()]:
             self.ensure_table(layout)
 
     def ensure_table(self, layout: TableLayout) -> Table:
@@ -134,3 +134,59 @@ class Lake:
         relation = "__arrow_" + "".join(c if c.isalnum() else "_" for c in view)
         con.register(relation, arrow)
         con.execute(f'CREATE OR REPLACE VIEW {view} AS SELECT * FROM "{relation}"')
+
+    def replace_table(self, name: str, data: pa.Table, summary: dict[str, str] | None = None) -> int | None:
+        """Make `data` the table's whole content in one commit (derived tables: SQL models, datasets, golden sets).
+
+        The table is created on first use; when the columns change it is evolved, or rebuilt if a type changed
+        incompatibly (derived data can always be recomputed). Returns the new snapshot id: the data's version.
+        """
+        from pyiceberg.exceptions import NoSuchTableError
+
+        self.catalog.create_namespace_if_not_exists(self.namespace)
+        ident = self.identifier(name)
+        try:
+            table = self.catalog.load_table(ident)
+        except NoSuchTableError:
+            table = self.catalog.create_table(ident, schema=data.schema, properties=TABLE_PROPERTIES)
+        if not _same_columns(table.schema().as_arrow(), data.schema):
+            try:
+                with table.update_schema() as update:
+                    update.union_by_name(data.schema)
+                table = table.refresh()
+                data = _align(data, table.schema().as_arrow())
+            except Exception:
+                self.catalog.drop_table(ident)
+                table = self.catalog.create_table(ident, schema=data.schema, properties=TABLE_PROPERTIES)
+        if table.current_snapshot() is None:
+            table.append(data, snapshot_properties=summary or {})
+        else:
+            table.overwrite(data, snapshot_properties=summary or {})
+        snapshot = table.refresh().current_snapshot()
+        return snapshot.snapshot_id if snapshot else None
+
+    def append_rows(self, name: str, data: pa.Table, summary: dict[str, str] | None = None) -> int | None:
+        """Append to an existing table in one commit; returns the new snapshot id."""
+        table = self.table(name)
+        table.append(data, snapshot_properties=summary or {})
+        snapshot = table.refresh().current_snapshot()
+        return snapshot.snapshot_id if snapshot else None
+
+    def current_snapshot_id(self, name: str) -> int | None:
+        if not self.table_exists(name):
+            return None
+        snapshot = self.table(name).current_snapshot()
+        return snapshot.snapshot_id if snapshot else None
+
+
+def _same_columns(a: pa.Schema, b: pa.Schema) -> bool:
+    return [(f.name, _base(f.type)) for f in a] == [(f.name, _base(f.type)) for f in b]
+
+
+def _base(t: pa.DataType) -> str:
+    return "string" if pa.types.is_large_string(t) or pa.types.is_string(t) else str(t)
+
+
+def _align(data: pa.Table, schema: pa.Schema) -> pa.Table:
+    cols = [data[f.name] if f.name in data.column_names else pa.nulls(data.num_rows, f.type) for f in schema]
+    return pa.table(cols, names=schema.names)

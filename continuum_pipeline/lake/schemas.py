@@ -64,3 +64,18 @@ LAYOUTS = {
                               "Every landing line that could not be normalized, raw bytes kept, with the reason."),
 }
 INGEST_TABLES = tuple(LAYOUTS)
+
+REWARD_LABELS = pa.schema([
+    pa.field("interaction_id", pa.string()),
+    pa.field("judge", pa.string()),
+    pa.field("judge_version", pa.string()),
+    pa.field("criterion", pa.string()),
+    pa.field("score", pa.float64()),
+    pa.field("weight", pa.float64()),
+    pa.field("rationale", pa.string()),
+    pa.field("judged_at", TS),
+])
+LEARNING_LAYOUTS = {
+    "reward_labels": TableLayout("reward_labels", REWARD_LABELS, (("judge", "identity"),),
+                                 "Judge scores per interaction × criterion, in [0, 1]; one set per judge version."),
+}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
-from continuum_pipeline.lake.catalog import TABLE_PROPERTIES, Lake
+from continuum_pipeline.lake.catalog import Lake
 from continuum_pipeline.sql_models.project import SqlModel, SqlProject
 
 
@@ -59,54 +59,13 @@ def run_model(lake: Lake, project: SqlProject, name: str) -> ModelResult:
     finally:
         con.close()
     result = _lake_compatible(result)
-    snapshot_id = write_model_table(lake, name, result, {"continuum.sql-model": name})
+    snapshot_id = lake.replace_table(name, result, {"continuum.sql-model": name})
     return ModelResult(name, result.num_rows, snapshot_id, result.schema, time.perf_counter() - started, sql,
                        result.slice(0, 10))
 
 
 def run_all(lake: Lake, project: SqlProject) -> list[ModelResult]:
     return [run_model(lake, project, name) for name in project.order()]
-
-
-def write_model_table(lake: Lake, name: str, data: pa.Table, summary: dict[str, str]) -> int | None:
-    """Replace a model's table with `data` in one commit, evolving or recreating it if its columns changed."""
-    from pyiceberg.exceptions import NoSuchTableError
-
-    lake.catalog.create_namespace_if_not_exists(lake.namespace)
-    ident = lake.identifier(name)
-    try:
-        table = lake.catalog.load_table(ident)
-    except NoSuchTableError:
-        table = lake.catalog.create_table(ident, schema=data.schema, properties=TABLE_PROPERTIES)
-    if not _same_columns(table.schema().as_arrow(), data.schema):
-        try:
-            with table.update_schema() as update:
-                update.union_by_name(data.schema)
-            table = table.refresh()
-            data = _align(data, table.schema().as_arrow())
-        except Exception:
-            # A column changed type incompatibly: the model is derived data, so rebuild its table.
-            lake.catalog.drop_table(ident)
-            table = lake.catalog.create_table(ident, schema=data.schema, properties=TABLE_PROPERTIES)
-    if table.current_snapshot() is None:
-        table.append(data, snapshot_properties=summary)
-    else:
-        table.overwrite(data, snapshot_properties=summary)
-    snapshot = table.refresh().current_snapshot()
-    return snapshot.snapshot_id if snapshot else None
-
-
-def _same_columns(a: pa.Schema, b: pa.Schema) -> bool:
-    return [(f.name, _base(f.type)) for f in a] == [(f.name, _base(f.type)) for f in b]
-
-
-def _base(t: pa.DataType) -> str:
-    return "string" if pa.types.is_large_string(t) or pa.types.is_string(t) else str(t)
-
-
-def _align(data: pa.Table, schema: pa.Schema) -> pa.Table:
-    cols = [data[f.name] if f.name in data.column_names else pa.nulls(data.num_rows, f.type) for f in schema]
-    return pa.table(cols, names=schema.names)
 
 
 def _lake_compatible(table: pa.Table) -> pa.Table:

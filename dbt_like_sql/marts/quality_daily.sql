@@ -1,10 +1,11 @@
--- Per model per day: volume, mean feedback score, negative-feedback rate, latency percentiles, error rate.
+-- Per model per day: volume, mean reward, mean feedback score, negative-feedback rate, latency, error rate.
 -- negative_feedback_rate is over interactions that got any feedback (silence is not a verdict).
 select
     i.day,
     i.model,
     i.model_version,
     count(*) as interactions,
+    avg(r.response_reward) as mean_reward,
     avg(f.mean_score) as mean_score,
     count(*) filter (where f.feedback_events > 0) as interactions_with_feedback,
     (count(*) filter (where f.negative_events > 0))::double
@@ -16,5 +17,6 @@ select
     sum(i.cost_usd) as cost_usd
 from {{ ref('stg_interactions') }} as i
 join {{ ref('interaction_feedback') }} as f using (interaction_id)
+join {{ ref('interaction_rewards') }} as r using (interaction_id)
 group by all
 order by i.day, i.model, i.model_version

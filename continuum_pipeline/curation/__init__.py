@@ -1,0 +1,1 @@
+"""Curation: from scored candidates to a versioned training dataset."""

@@ -1,0 +1,1 @@
+"""Evaluation: golden sets and the regression gate between champion and candidate."""

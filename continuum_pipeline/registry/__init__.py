@@ -1,0 +1,1 @@
+"""The model registry: MLflow model versions with aliases and lineage tags."""

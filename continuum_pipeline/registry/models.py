@@ -1,0 +1,108 @@
+"""Register candidates, move aliases, find the champion, and trace lineage back to interactions."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+TAG = "continuum."  # prefix of every lineage tag
+
+
+@dataclass(frozen=True)
+class ModelVersionRef:
+    name: str
+    version: str
+    run_id: str | None
+    aliases: tuple[str, ...]
+    tags: dict[str, str]
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def client(tracking_uri: str):
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def ensure_experiment(tracking_uri: str, name: str, artifact_root: Path | str | None) -> str:
+    """Create the experiment with an explicit artifact location (a SQLite store would default to ./mlruns)."""
+    c = client(tracking_uri)
+    experiment = c.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = Path(artifact_root).resolve().as_uri() if artifact_root and "://" not in str(artifact_root) else artifact_root
+    return c.create_experiment(name, artifact_location=location)
+
+
+def register(tracking_uri: str, model_name: str, merged_dir: str | Path, run_id: str, tags: dict[str, str]) -> ModelVersionRef:
+    """Log the merged model into its training run, register it, alias it `challenger` (and `champion` if first)."""
+    import mlflow
+
+    from continuum_pipeline.registry.pyfunc import ContinuumChatModel
+
+    c = client(tracking_uri)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(name="model", python_model=ContinuumChatModel(),
+                                       artifacts={"hf_model": str(merged_dir)},
+                                       pip_requirements=["continuum-pipeline[training]"])
+    full_tags = {f"{TAG}{k}": str(v) for k, v in tags.items()} | {f"{TAG}mlflow_run_id": run_id}
+    mv = mlflow.register_model(info.model_uri, model_name, tags=full_tags)
+    first = champion(tracking_uri, model_name) is None
+    c.set_registered_model_alias(model_name, CHALLENGER, mv.version)
+    if first:
+        c.set_registered_model_alias(model_name, CHAMPION, mv.version)
+    return get_version(tracking_uri, model_name, mv.version)
+
+
+def promote(tracking_uri: str, model_name: str, version: str) -> ModelVersionRef:
+    """Make `version` the champion (the rollout stage decides when; this is the registry's half)."""
+    c = client(tracking_uri)
+    c.set_registered_model_alias(model_name, CHAMPION, str(version))
+    return get_version(tracking_uri, model_name, version)
+
+
+def get_version(tracking_uri: str, model_name: str, version: str | int) -> ModelVersionRef:
+    c = client(tracking_uri)
+    mv = c.get_model_version(model_name, str(version))
+    return ModelVersionRef(model_name, str(mv.version), mv.run_id, tuple(mv.aliases), dict(mv.tags))
+
+
+def champion(tracking_uri: str, model_name: str) -> ModelVersionRef | None:
+    from mlflow.exceptions import MlflowException
+
+    c = client(tracking_uri)
+    try:
+        mv = c.get_model_version_by_alias(model_name, CHAMPION)
+    except MlflowException:
+        return None  # no such model or no champion yet
+    return ModelVersionRef(model_name, str(mv.version), mv.run_id, tuple(mv.aliases), dict(mv.tags))
+
+
+def versions(tracking_uri: str, model_name: str) -> list[ModelVersionRef]:
+    c = client(tracking_uri)
+    found = c.search_model_versions(f"name = '{model_name}'")
+    return sorted((get_version(tracking_uri, model_name, mv.version) for mv in found), key=lambda v: int(v.version))
+
+
+def model_dir(tracking_uri: str, ref: ModelVersionRef, cache: Path) -> Path:
+    """The version's Hugging Face folder on local disk (downloaded once into `cache`)."""
+    import mlflow
+
+    client(tracking_uri)
+    target = cache / ref.name / ref.version
+    folder = target / "artifacts" / "hf_model"
+    if not folder.exists():
+        target.mkdir(parents=True, exist_ok=True)
+        mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=str(target))
+    if not folder.exists():  # layouts differ across MLflow versions: find the folder holding config.json
+        folder = next(p.parent for p in target.rglob("config.json"))
+    return folder
