@@ -60,22 +60,54 @@ def print_table(headers: list[str], rows: list[list]) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    settings = get_settings()
-    prepare_home(settings)
-    from continuum_pipeline.demo import generate_sample_traffic
+    from continuum_pipeline.demo import DemoSize, run_demo
 
-    print(f"Continuum home: {settings.home}   (Dagster instance: {settings.dagster_home})")
-    print(f"1/3 capturing {args.interactions} support conversations through @capture and feedback.record …")
-    traffic = generate_sample_traffic(args.interactions, seed=args.seed, landing_dir=settings.landing_dir)
-    print(f"    {traffic.interactions} interactions ({traffic.errors} raised), {traffic.feedback_events} feedback events, "
-          f"{traffic.bad_lines} malformed lines from a broken producer")
-    print("2/3 ingest_job: landing segments → Iceberg (exactly once, bad lines quarantined) …")
-    run_job("ingest_job", tags={"continuum/source": "demo"})
-    print("3/3 sql_models_job: DuckDB SQL models over the lake …")
-    run_job("sql_models_job", tags={"continuum/source": "demo"})
-    print()
-    show_lake(settings)
-    print(f"\nSee the runs, assets and lineage: CONTINUUM_HOME={settings.home} continuum ui   (or: make ui)")
+    size = DemoSize()
+    if args.scale != 1.0:
+        size = DemoSize(*(max(20, int(v * args.scale)) for v in (size.teacher_per_day, size.student_per_day,
+                                                                  size.after_change_per_day)))
+    report = run_demo(args.scenario, Path(args.json) if args.json else None, size)
+    show_lake(get_settings())
+    return 0 if all(report.targets.values()) or not args.strict else 1
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from continuum_pipeline.lake.catalog import Lake
+    from continuum_pipeline.registry.lineage import version_lineage, versions_with_interaction
+
+    settings = get_settings()
+    lake = Lake.from_settings(settings)
+    if args.interaction:
+        found = versions_with_interaction(lake, settings.mlflow_uri, settings.model_name, args.interaction)
+        if not found:
+            print(f"no model version of {settings.model_name} was trained on interaction {args.interaction}")
+            return 1
+        print_table(["model", "version", "aliases", "dataset snapshot"],
+                    [[v.name, v.version, ", ".join(v.aliases), v.tags.get("continuum.dataset_snapshot_id")]
+                     for v in found])
+        return 0
+    if not args.model or "@" not in args.model:
+        print("continuum lineage: give MODEL@VERSION (e.g. continuum-support@2) or --interaction ID", file=sys.stderr)
+        return 2
+    name, version = args.model.split("@", 1)
+    lineage = version_lineage(lake, settings.mlflow_uri, name, version)
+    ref = lineage.version
+    print(f"{ref.name} v{ref.version}  aliases: {', '.join(ref.aliases) or '-'}")
+    print_table(["link", "value"], [
+        ["continued from", lineage.parent or "?"],
+        ["MLflow run", ref.run_id],
+        ["training Dagster run", ref.tags.get("continuum.training_dagster_run_id", "")],
+        ["registering Dagster run", ref.tags.get("continuum.dagster_run_id", "")],
+        ["golden set version", ref.tags.get("continuum.golden_set_version", "")],
+        ["sft_dataset snapshot", lineage.dataset_snapshot_id],
+        ["interactions snapshot", ref.tags.get("continuum.interactions_snapshot_id", "")],
+        ["interactions in the dataset", len(lineage.interaction_ids)],
+        ["landing segments they came from", len(lineage.segments)],
+    ])
+    shown = lineage.interaction_ids if args.all else lineage.interaction_ids[:10]
+    print("\ninteraction ids" + ("" if args.all else " (first 10; --all for every one)") + ":")
+    for iid in shown:
+        print(f"  {iid}")
     return 0
 
 
@@ -147,10 +179,17 @@ def cmd_settings(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="continuum", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="capture sample traffic and run the flywheel on the embedded default")
-    demo.add_argument("--interactions", type=int, default=300)
-    demo.add_argument("--seed", type=int, default=7)
+    demo = sub.add_parser("demo", help="run the whole flywheel on the support-desk scenario (embedded default)")
+    demo.add_argument("--scenario", help="scenario file (YAML); default: the packaged support desk")
+    demo.add_argument("--json", help="write the learning curve and cycles here")
+    demo.add_argument("--scale", type=float, default=1.0, help="traffic volume factor (default 1.0)")
+    demo.add_argument("--strict", action="store_true", help="exit 1 when a learning target is missed")
     demo.set_defaults(fn=cmd_demo)
+    lineage = sub.add_parser("lineage", help="MODEL@VERSION → its dataset and interactions; or --interaction ID")
+    lineage.add_argument("model", nargs="?", help="e.g. continuum-support@2")
+    lineage.add_argument("--interaction", help="list the model versions whose datasets held this interaction")
+    lineage.add_argument("--all", action="store_true", help="print every interaction id")
+    lineage.set_defaults(fn=cmd_lineage)
     ui = sub.add_parser("ui", help="open the Dagster UI (and daemon: sensors, schedules) on this home")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)

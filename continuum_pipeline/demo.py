@@ -1,94 +1,155 @@
-"""Sample support-desk traffic, captured through the SDK, for `continuum demo`.
+"""`continuum demo`: the whole flywheel on a CPU, through real Dagster runs in the persisted instance.
 
-A stand-in app: an assistant answers support questions (sometimes it times out), users rate some
-answers, agents correct some, a few tickets reopen — and one broken producer writes bad lines, so the
-quarantine has something to show. The full learning scenario builds on this (see DESIGN.md).
+Simulated days (traffic carries its own timestamps, so quality_daily has a history):
+  days 1–3  the teacher (the expensive production model) serves; users rate, agents edit, tickets reopen
+  cycle 1   ingest → reward labels → SQL → curated dataset → LoRA SFT from the base → eval gate → v1 (champion)
+  days 4–5  v1 serves
+  day 6     the policy changes: some intents get new answers and more traffic
+  days 6–7  v1 still serves: its stale answers show in ratings, edits and reopened tickets
+  cycle 2   started by the quality-drop sensor's decision → v2, gated against v1, promoted to champion
+Then every version answers the golden set: the learning curve, printed and written as JSON.
 """
 
 from __future__ import annotations
 
-import random
+import json
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from continuum_pipeline import capture, feedback
-
-INTENTS = {
-    "reset_password": (["How do I reset my password?", "I forgot my password for {email_user}, what now?"],
-                       "Open Settings → Security → Reset password; a link is emailed to you within 5 minutes."),
-    "refund_status": (["Where is my refund for order {order}?", "Has order {order} been refunded yet?"],
-                      "Refunds reach your card 5–7 business days after we receive the return."),
-    "change_plan": (["How do I switch to the {plan} plan?", "Can I upgrade to {plan} mid-cycle?"],
-                    "Go to Billing → Plan, pick {plan}; the price difference is prorated today."),
-    "shipping_time": (["When will order {order} arrive?", "How long does shipping take for {order}?"],
-                      "Standard shipping takes 3–5 business days; you get a tracking link by email."),
-    "cancel_account": (["How do I close my account?", "Please cancel my subscription."],
-                       "Go to Billing → Cancel subscription; your data stays available for 30 days."),
-}
-PLANS = ("Starter", "Team", "Business")
+from continuum_pipeline.settings import Settings, get_settings
 
 
 @dataclass
-class TrafficSummary:
-    interactions: int = 0
-    errors: int = 0
-    feedback_events: int = 0
-    bad_lines: int = 0
+class DemoSize:
+    teacher_per_day: int = 250
+    student_per_day: int = 150
+    after_change_per_day: int = 250
 
 
-def generate_sample_traffic(n: int = 300, seed: int = 7, landing_dir: Path | None = None,
-                            model: str = "support-teacher", bad_lines: bool = True) -> TrafficSummary:
-    """Capture `n` support conversations (and their feedback) into the landing folder."""
-    rng = random.Random(seed)
-    if landing_dir is not None:
-        capture.configure(landing_dir)
-    summary = TrafficSummary()
+@dataclass
+class DemoReport:
+    cycles: list[dict] = field(default_factory=list)
+    curve: list[dict] = field(default_factory=list)
+    targets: dict[str, bool] = field(default_factory=dict)
+    seconds: float = 0.0
 
-    @capture(task="support_answer", model=model, model_version="1")
-    def answer(messages: list[dict], intent: str, plan: str) -> str:
-        capture.annotate(prompt_tokens=12 + len(messages[-1]["content"]) // 4, completion_tokens=24,
-                         cost_usd=0.00036, metadata={"intent": intent})
-        if rng.random() < 0.03:
-            raise TimeoutError("upstream model timed out after 30s")
-        text = INTENTS[intent][1]
-        if rng.random() < 0.15:  # the assistant is wrong sometimes: that is what feedback is for
-            other = rng.choice([k for k in INTENTS if k != intent])
-            text = INTENTS[other][1]
-        return text.format(plan=plan)
 
-    for i in range(n):
-        intent = rng.choice(list(INTENTS))
-        slots = {"order": f"#{rng.randint(10000, 99999)}", "plan": rng.choice(PLANS), "email_user": f"user{i}"}
-        question = rng.choice(INTENTS[intent][0]).format(**slots)
-        consent = "denied" if rng.random() < 0.05 else "granted"
-        with capture.context(session_id=f"s{i // 3}", user_id=f"u{i % 40}", consent=consent):
-            try:
-                reply = answer([{"role": "user", "content": question}], intent, slots["plan"])
-            except TimeoutError:
-                summary.errors += 1
-                summary.interactions += 1
-                continue
-        summary.interactions += 1
-        iid = capture.last_interaction_id()
-        correct = reply == INTENTS[intent][1].format(plan=slots["plan"])
-        if rng.random() < 0.4:
-            score = 1.0 if correct else 0.0
-            if rng.random() < 0.1:
-                score = 1.0 - score  # users are noisy
-            feedback.record(iid, score=score, label="thumbs_up" if score else "thumbs_down")
-            summary.feedback_events += 1
-        if not correct and rng.random() < 0.5:
-            feedback.record(iid, correction=INTENTS[intent][1].format(plan=slots["plan"]), label="agent_edit")
-            summary.feedback_events += 1
-        if not correct and rng.random() < 0.3:
-            feedback.record(iid, outcome="ticket_reopened")
-            summary.feedback_events += 1
-    capture.flush()
+def _say(text: str) -> None:
+    print(text, flush=True)
 
-    if bad_lines:
-        summary.bad_lines = write_broken_producer_segment(capture.WRITER.config.landing_dir)
-    return summary
+
+def _definitions(settings: Settings):
+    from continuum_pipeline.definitions import build_definitions
+
+    return build_definitions(settings)
+
+
+def _run(settings: Settings, job: str, tags: dict[str, str] | None = None) -> bool:
+    import dagster as dg
+
+    started = time.perf_counter()
+    result = _definitions(settings).resolve_job_def(job).execute_in_process(
+        instance=dg.DagsterInstance.get(), tags={"continuum/source": "demo", **(tags or {})}, raise_on_error=False)
+    _say(f"    {job}: {'ok' if result.success else 'FAILED'} in {time.perf_counter() - started:.0f}s")
+    return result.success
+
+
+def run_demo(scenario_path: str | None, json_out: Path | None, size: DemoSize | None = None) -> DemoReport:
+    from continuum_pipeline import capture
+    from continuum_pipeline.cli import prepare_home
+    from continuum_pipeline.registry import models
+    from continuum_pipeline.scenario import SupportDesk, load_scenario, simulate_traffic
+    from continuum_pipeline.serving.generate import Generator
+
+    size = size or DemoSize()
+    started = time.perf_counter()
+    os.environ["CONTINUUM_SCENARIO_PHASE"] = "before"
+    os.environ["CONTINUUM_TRIGGER_COOLDOWN_HOURS"] = "0"  # simulated days pass in seconds
+    if scenario_path:
+        os.environ["CONTINUUM_SCENARIO"] = str(Path(scenario_path).resolve())
+    settings = get_settings()
+    prepare_home(settings)
+    desk = SupportDesk(load_scenario(settings.scenario))
+    capture.configure(settings.landing_dir)
+    report = DemoReport()
+    day0 = datetime.now(UTC).replace(hour=9, minute=0, second=0, microsecond=0) - timedelta(days=7)
+    _say(f"Continuum demo — scenario {desk.scenario.name!r}, home {settings.home}")
+
+    def traffic(day: int, n: int, phase: str, serve, model: str, version: str | None, who: str):
+        stats = simulate_traffic(desk, n, phase, serve, model=model, model_version=version, who=who,
+                                 seed=desk.scenario.seed + day, start=day0 + timedelta(days=day - 1))
+        capture.flush()
+        _say(f"    day {day}: {stats.requests} requests served by {model}{' v' + version if version else ''}: "
+             f"{stats.correct / max(stats.requests, 1):.0%} correct, {stats.feedback_events} feedback events")
+        return stats
+
+    # --- days 1-3: the teacher serves -------------------------------------------------------------
+    _say("\nDays 1–3: the teacher model serves production traffic (captured with @capture + feedback.record)")
+    for day in (1, 2, 3):
+        traffic(day, size.teacher_per_day, "before", desk.teacher_serve("before", seed=day), "teacher", None, "teacher")
+    bad = write_broken_producer_segment(settings.landing_dir)
+    _say(f"    an importer also dropped a segment with {bad} malformed lines (they go to quarantine, kept)")
+
+    # --- cycle 1 ----------------------------------------------------------------------------------
+    _say("\nCycle 1: ingest → labels → SQL → curated dataset → base model → LoRA SFT → eval gate → registry")
+    _run(settings, "ingest_job")
+    ok = _run(settings, "training_job", {"continuum/trigger": "demo: first distillation"})
+    v1 = models.champion(settings.mlflow_uri, settings.model_name)
+    if not ok or v1 is None:
+        raise RuntimeError("cycle 1 did not register a model; see the Dagster run in `continuum ui`")
+    report.cycles.append({"cycle": 1, "trigger": "first distillation", "registered": v1.version})
+    _say(f"    v{v1.version} passed the gate and is the champion")
+
+    # --- days 4-5: v1 serves; the policy changes on day 6 -----------------------------------------
+    cache = settings.models_dir / "registry"
+    student = Generator.from_pretrained(models.model_dir(settings.mlflow_uri, v1, cache))
+    _say(f"\nDays 4–5: v{v1.version} serves")
+    for day in (4, 5):
+        traffic(day, size.student_per_day, "before", student.generate, "student", v1.version, "student")
+    _say(f"\nDay 6: the policy changes for {', '.join(sorted(desk.changed_intents))}; traffic shifts toward them")
+    os.environ["CONTINUUM_SCENARIO_PHASE"] = "after"
+    settings = get_settings()
+    for day in (6, 7):
+        traffic(day, size.after_change_per_day, "after", student.generate, "student", v1.version, "student")
+
+    # --- cycle 2, started by the quality-drop sensor's decision -----------------------------------
+    _say("\nMonitoring: ingest → relabel under the new knowledge base → quality_daily")
+    _run(settings, "ingest_job")
+    _run(settings, "monitoring_job")
+    from continuum_pipeline.defs.resources import resources_from_settings
+    from continuum_pipeline.defs.triggers.sensors import quality_drop_decision
+
+    resources = resources_from_settings(settings)
+    decision = quality_drop_decision(resources["lake"], resources["flywheel"])
+    _say(f"    quality_drop_sensor: {'FIRES' if decision.fire else 'quiet'} — {decision.reason}")
+    if decision.fire:
+        _say("\nCycle 2: retrain from the champion on the relabelled lake")
+        _run(settings, "training_job", {"continuum/trigger": "quality_drop_sensor", "continuum/reason": decision.reason})
+        latest = models.versions(settings.mlflow_uri, settings.model_name)[-1]
+        if latest.version != v1.version:
+            passed = "challenger" in latest.aliases
+            report.cycles.append({"cycle": 2, "trigger": decision.reason, "registered": latest.version})
+            if passed:
+                models.promote(settings.mlflow_uri, settings.model_name, latest.version)
+                _say(f"    v{latest.version} passed the gate; promoted to champion")
+        else:
+            report.cycles.append({"cycle": 2, "trigger": decision.reason, "registered": None})
+            _say("    the candidate failed the eval gate: nothing registered (see the check in the UI)")
+
+    report.curve = learning_curve(settings, desk)
+    report.seconds = time.perf_counter() - started
+    report.targets = targets(report.curve)
+    print_curve(report)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({"cycles": report.cycles, "curve": report.curve, "targets": report.targets,
+                                        "seconds": round(report.seconds, 1)}, indent=2, default=str))
+        _say(f"\nwrote {json_out}")
+    _say(f"\nSee the runs, assets, checks and lineage: CONTINUUM_HOME={settings.home} continuum ui   (or: make ui)")
+    return report
 
 
 def write_broken_producer_segment(landing: Path) -> int:
@@ -111,3 +172,82 @@ def write_broken_producer_segment(landing: Path) -> int:
     tmp.write_bytes(b"\n".join(lines) + b"\n")
     tmp.replace(landing / name)
     return len(lines) - 1
+
+
+def learning_curve(settings: Settings, desk) -> list[dict]:
+    """Golden-set success per slice for the teacher, the base model and every registered version."""
+    from continuum_pipeline.evaluation import golden
+    from continuum_pipeline.evaluation.gate import success, success_rates
+    from continuum_pipeline.lake.catalog import Lake
+    from continuum_pipeline.registry import models
+
+    lake = Lake.from_settings(settings)
+    table = golden.golden_table(desk, settings.scenario_phase)
+    items = golden.examples(table)
+    rewards = _production(lake)
+    rows = []
+    teacher = desk.teacher_serve(settings.scenario_phase, seed=12345)
+    entries = [("teacher", None, teacher([ex.messages for ex in items])),
+               ("base", settings.models_dir / "base", None)]
+    for ref in models.versions(settings.mlflow_uri, settings.model_name):
+        entries.append((f"v{ref.version}", models.model_dir(settings.mlflow_uri, ref, settings.models_dir / "registry"),
+                        None))
+    for name, path, answers in entries:
+        answers = answers if answers is not None else golden.answer(path, items)
+        rates = success_rates(success(answers, items, desk.check), items)
+        served = rewards.get("teacher" if name == "teacher" else name.removeprefix("v"), {})
+        who = "teacher" if name == "teacher" else "student"
+        tokens = sum(desk.estimated_tokens(m["content"]) for ex in items for m in ex.messages) / len(items)
+        out_tokens = sum(desk.estimated_tokens(a) for a in answers) / len(answers)
+        rows.append({"model": name, "unchanged_intents": rates.get("unchanged_intents"),
+                     "changed_intents": rates.get("changed_intents"), "all": rates.get("all"),
+                     "production_mean_reward": served.get("mean_reward"),
+                     "production_interactions": served.get("interactions", 0),
+                     "cost_per_query_usd": desk.cost_usd(round(tokens), round(out_tokens), who),
+                     "slices": rates})
+    return rows
+
+
+def _production(lake) -> dict[str, dict]:
+    """Mean response reward in production per served model version (the teacher has none)."""
+    if not lake.table_exists("interaction_rewards"):
+        return {}
+    t = lake.read_arrow("interaction_rewards")
+    out: dict[str, dict] = {}
+    for r in t.group_by(["model", "model_version"]).aggregate([("response_reward", "mean"),
+                                                               ("interaction_id", "count")]).to_pylist():
+        key = "teacher" if r["model"] == "teacher" else r["model_version"]
+        out[key] = {"mean_reward": r["response_reward_mean"], "interactions": r["interaction_id_count"]}
+    return out
+
+
+def targets(curve: list[dict]) -> dict[str, bool]:
+    by = {r["model"]: r for r in curve}
+    versions = [r for r in curve if r["model"].startswith("v")]
+    out = {}
+    if versions and by.get("teacher"):
+        v1 = versions[0]
+        out["v1 >= 90% of teacher on unchanged intents"] = (
+            (v1["unchanged_intents"] or 0) >= 0.9 * (by["teacher"]["unchanged_intents"] or 0))
+    if len(versions) >= 2:
+        v1, v2 = versions[0], versions[-1]
+        out["v2 >= 80% on changed intents"] = (v2["changed_intents"] or 0) >= 0.8
+        out["v2 unchanged intents drop <= 3 points"] = (v2["unchanged_intents"] or 0) >= (v1["unchanged_intents"] or 0) - 0.03
+    return out
+
+
+def print_curve(report: DemoReport) -> None:
+    from continuum_pipeline.cli import print_table
+
+    _say("\nLearning curve — golden-set success rate (knowledge base after the policy change):")
+    print_table(["model", "unchanged intents", "changed intents", "all", "prod. mean reward", "prod. interactions",
+                 "cost/query $"],
+                [[r["model"], _pct(r["unchanged_intents"]), _pct(r["changed_intents"]), _pct(r["all"]),
+                  r["production_mean_reward"], r["production_interactions"], f"{r['cost_per_query_usd']:.6f}"]
+                 for r in report.curve])
+    _say("\nTargets: " + "; ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in report.targets.items()))
+    _say(f"Demo took {report.seconds / 60:.1f} min")
+
+
+def _pct(v: float | None) -> str:
+    return "" if v is None else f"{v:.0%}"

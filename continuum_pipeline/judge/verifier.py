@@ -1,0 +1,73 @@
+"""Programmatic verifiers: rewards from code that knows the right answer (a knowledge base, a test)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+
+from continuum_pipeline.judge.base import CriterionScore, JudgeError, JudgeInput, Verdict, preview
+
+Check = Callable[[JudgeInput], tuple[float, str]]
+
+# Scores this close outside [0, 1] are float noise from the check's arithmetic, not a bug.
+_TOLERANCE = 1e-9
+
+
+class ProgrammaticVerifier:
+    """Wraps `check(item) -> (score in [0, 1], rationale)` as a one-criterion judge."""
+
+    def __init__(self, check: Check, name: str = "verifier", version: str = "1", criterion: str = "correct"):
+        if not callable(check):
+            raise ValueError(f"check: expected a callable, got {check!r}")
+        for arg, value in (("name", name), ("version", version), ("criterion", criterion)):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{arg}: expected a non-empty string, got {value!r}")
+        self.check, self.name, self.version, self.criterion = check, name, version, criterion
+
+    def judge(self, items: Sequence[JudgeInput]) -> list[Verdict]:
+        return [self._judge_one(item) for item in items]
+
+    def _judge_one(self, item: JudgeInput) -> Verdict:
+        where = (f"judge {self.name!r} v{self.version}, interaction {item.interaction_id!r}, "
+                 f"criterion {self.criterion!r}")
+        try:
+            result = self.check(item)
+        except Exception as exc:
+            raise JudgeError(f"{where}: the check raised {type(exc).__name__}: {exc}") from exc
+        if not (isinstance(result, tuple) and len(result) == 2):
+            raise JudgeError(f"{where}: the check must return (score, rationale), got {preview(result)}")
+        raw_score, rationale = result
+        # bool is allowed on purpose: `return response == expected, "..."` is the natural check.
+        if not isinstance(raw_score, int | float) or not math.isfinite(raw_score):
+            raise JudgeError(f"{where}: the check returned a non-numeric or non-finite score "
+                             f"{preview(raw_score)}")
+        if not -_TOLERANCE <= raw_score <= 1 + _TOLERANCE:
+            raise JudgeError(f"{where}: the check returned score {raw_score!r}, outside [0, 1]")
+        score = min(1.0, max(0.0, float(raw_score)))
+        criterion = CriterionScore(self.criterion, score, 1.0, None if rationale is None else str(rationale))
+        return Verdict(item.interaction_id, self.name, self.version, score, (criterion,))
+
+
+def normalize_answer(text: str) -> str:
+    """Case-, whitespace- and trailing-punctuation-insensitive form of an answer."""
+    return re.sub(r"\s+", " ", text).strip().rstrip(".!?;:,。！？ ").casefold()
+
+
+def exact_match_check(expected_key: str = "expected") -> Check:
+    """A check scoring 1 when the response matches `metadata[expected_key]` (one answer or a list of them)."""
+
+    def check(item: JudgeInput) -> tuple[float, str]:
+        if expected_key not in item.metadata:
+            # Scoring 0 here would train the model away from answers nobody checked.
+            raise KeyError(f"metadata has no {expected_key!r} (keys: {sorted(item.metadata)})")
+        expected = item.metadata[expected_key]
+        accepted = [str(e) for e in expected] if isinstance(expected, list | tuple) else [str(expected)]
+        if item.response is None:
+            return 0.0, "no response"
+        got = normalize_answer(item.response)
+        if any(normalize_answer(e) == got for e in accepted):
+            return 1.0, "matches the expected answer"
+        return 0.0, f"expected {' or '.join(map(repr, accepted))}, got {item.response!r}"[:300]
+
+    return check
