@@ -10,12 +10,12 @@ from continuum_pipeline.defs.curation.assets import sft_dataset
 from continuum_pipeline.defs.evaluation.assets import eval_gate, golden_set
 from continuum_pipeline.defs.ingest.assets import ingest_job, ingest_landing_segments
 from continuum_pipeline.defs.ingest.sensors import landing_sensor
+from continuum_pipeline.defs.labels.assets import reward_labels
 from continuum_pipeline.defs.lake.assets import (
     lake_maintenance,
     lake_maintenance_job,
     lake_maintenance_schedule,
 )
-from continuum_pipeline.defs.labels.assets import reward_labels
 from continuum_pipeline.defs.registry.assets import registered_model
 from continuum_pipeline.defs.resources import default_sql_dir, resources_from_settings
 from continuum_pipeline.defs.sql.assets import sql_assets, sql_models_job
