@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+# Two xdist workers on two cores: one torch/OpenMP thread each, or spinning threads oversubscribe the CPU.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path

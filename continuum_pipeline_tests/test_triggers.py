@@ -5,7 +5,11 @@ from __future__ import annotations
 import dagster as dg
 
 from continuum_pipeline.defs.resources import resources_from_settings
-from continuum_pipeline.defs.triggers.sensors import error_rate_sensor, quality_drop_sensor, sample_count_sensor
+from continuum_pipeline.defs.triggers.sensors import (
+    error_rate_sensor,
+    quality_drop_sensor,
+    sample_count_sensor,
+)
 from continuum_pipeline.judge.labeling import label_interactions
 from continuum_pipeline.judge.verifier import ProgrammaticVerifier
 from continuum_pipeline.lake.ingest import ingest_landing

@@ -33,12 +33,15 @@ def client(tracking_uri: str):
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
-def ensure_experiment(tracking_uri: str, name: str, artifact_root: Path | str | None) -> str:
-    """Create the experiment with an explicit artifact location (a SQLite store would default to ./mlruns)."""
+def ensure_experiment(tracking_uri: str, name: str, artifact_root: Path | str | None = None) -> str:
+    """Create the experiment with an explicit artifact location: a SQLite store would default to ./mlruns in
+    whatever directory the process runs from. Without a root, artifacts go next to the SQLite database."""
     c = client(tracking_uri)
     experiment = c.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
+    if artifact_root is None and tracking_uri.startswith("sqlite:///"):
+        artifact_root = Path(tracking_uri.removeprefix("sqlite:///")).parent / "artifacts"
     location = Path(artifact_root).resolve().as_uri() if artifact_root and "://" not in str(artifact_root) else artifact_root
     return c.create_experiment(name, artifact_location=location)
 

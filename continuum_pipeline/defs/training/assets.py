@@ -9,30 +9,38 @@ from continuum_pipeline.defs.metadata import latest_metadata
 from continuum_pipeline.defs.resources import FlywheelResource, LakeResource, MLflowResource, ScenarioResource
 
 
-class BaseModelConfig(dg.Config):
+class BaseModelRunConfig(dg.Config):
     pretraining_conversations: int = 600
+    hidden_size: int | None = None  # None: the domain defaults (BaseModelConfig)
+    layers: int | None = None
+    pretrain_epochs: int | None = None
+    pretrain_max_steps: int | None = None
 
 
 @dg.asset(group_name="training", kinds={"pytorch"}, pool="continuum_training",
           description="A tiny Llama-style model and tokenizer built and pre-trained locally on part of the "
                       "scenario's intents (cached: rebuilt only when its inputs change).")
-def base_model(context: dg.AssetExecutionContext, config: BaseModelConfig, scenario: ScenarioResource,
+def base_model(context: dg.AssetExecutionContext, config: BaseModelRunConfig, scenario: ScenarioResource,
                flywheel: FlywheelResource) -> dg.MaterializeResult:
-    from continuum_pipeline.training.base_model import build_base_model
+    from continuum_pipeline.training.base_model import BaseModelConfig, build_base_model
 
+    overrides = {k: v for k, v in config.model_dump().items() if v is not None and k != "pretraining_conversations"}
     desk = scenario.desk()
     path = build_base_model(desk.pretraining_conversations(config.pretraining_conversations), desk.corpus_texts(),
-                            flywheel.models_dir / "base")
+                            flywheel.models_dir / "base", BaseModelConfig(**overrides))
     info = json.loads((path / "continuum_base.json").read_text())
     return dg.MaterializeResult(metadata={"path": str(path), **{k: v for k, v in info.items()
                                                                  if isinstance(v, str | int | float)}})
 
 
 class TrainingConfig(dg.Config):
-    epochs: float = 4.0
-    learning_rate: float = 2e-3
-    lora_r: int = 16
-    batch_size: int = 16
+    """Overrides of the SFT defaults (continuum_pipeline.training.sft.SFTRunConfig); None keeps the default."""
+
+    epochs: float | None = None
+    max_steps: int | None = None
+    learning_rate: float | None = None
+    lora_r: int | None = None
+    batch_size: int | None = None
     seed: int = 0
 
 
@@ -69,12 +77,14 @@ def candidate_model(context: dg.AssetExecutionContext, config: TrainingConfig, l
         "dagster_run_id": context.run_id,
         "eligible_rows": str(dataset.num_rows),
     }
+    overrides = {k: v for k, v in config.model_dump().items() if v is not None}
+    if "lora_r" in overrides:
+        overrides["lora_alpha"] = 2 * overrides["lora_r"]
     sft = SFTRunConfig(base_model=str(start), train_file=str(run_dir / "train.jsonl"),
                        eval_file=str(run_dir / "validation.jsonl"), output_dir=str(run_dir / "candidate"),
-                       epochs=config.epochs, learning_rate=config.learning_rate, lora_r=config.lora_r,
-                       lora_alpha=2 * config.lora_r, batch_size=config.batch_size, seed=config.seed,
                        mlflow_tracking_uri=mlflow.tracking_uri, mlflow_experiment=mlflow.experiment,
-                       run_name=f"candidate-{context.run_id[:8]}", tags={f"continuum.{k}": v for k, v in lineage.items()})
+                       run_name=f"candidate-{context.run_id[:8]}",
+                       tags={f"continuum.{k}": v for k, v in lineage.items()}, **overrides)
     config_path = run_dir / "sft_config.json"
     config_path.write_text(json.dumps(sft.__dict__, indent=2))
     context.log.info(f"training from {start} on {dataset.num_rows} curated rows (snapshot {dataset_snapshot})")

@@ -1,0 +1,254 @@
+"""A tiny base model built locally: byte-level BPE tokenizer, chat template, small Llama, short pre-training.
+
+The demo cannot download a model, so the flywheel starts from this one. Everything downstream loads it with
+`AutoModelForCausalLM.from_pretrained` / `AutoTokenizer.from_pretrained`, exactly as it would load a hub model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerFast
+
+log = logging.getLogger(__name__)
+
+PAD, BOS, EOS, UNK = "<pad>", "<s>", "<|end|>", "<unk>"
+ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
+# `<|end|>` closes every turn and is the eos token; it sits inside the generation block so the model learns to stop.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "<|assistant|>{% generation %}{{ message['content'] }}<|end|>{% endgeneration %}"
+    "{% else %}<|{{ message['role'] }}|>{{ message['content'] }}<|end|>{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+MARKER_FILE = "continuum_base.json"
+_CACHE_VERSION = 2  # bump when the build recipe changes, so old caches are rebuilt
+
+
+def build_tokenizer(texts: list[str], vocab_size: int = 2000) -> PreTrainedTokenizerFast:
+    """Byte-level BPE (any text round-trips, case kept) with digits split so numbers are copied digit by digit."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=[PAD, BOS, EOS, UNK, *ROLE_TOKENS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=UNK,
+        extra_special_tokens=ROLE_TOKENS,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+@dataclass
+class BaseModelConfig:
+    hidden_size: int = 128
+    layers: int = 2
+    heads: int = 4
+    intermediate_size: int = 384
+    max_position_embeddings: int = 256
+    vocab_size: int = 2000  # upper bound: BPE stops merging earlier on a small corpus
+    tie_word_embeddings: bool = True
+    copy_drills: float = 1.0  # echo conversations added per real one: they teach the copying a real base LM knows
+    pretrain_epochs: int = 20
+    pretrain_max_steps: int = 1000  # caps the run at about a minute on 2 CPU cores; <= 0: epochs decide
+    lr: float = 3e-3
+    batch_size: int = 32
+    seed: int = 0
+
+
+def config_hash(conversations: list[list[dict]], vocab_texts: list[str], config: BaseModelConfig) -> str:
+    payload = json.dumps([_CACHE_VERSION, conversations, vocab_texts, asdict(config)], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def conversation_texts(conversations: list[list[dict]]) -> list[str]:
+    return [message["content"] for conversation in conversations for message in conversation]
+
+
+def copy_drills(vocab_texts: list[str], count: int, seed: int) -> list[list[dict]]:
+    """Conversations whose answer repeats the question: a generic copy skill (induction) the tasks build on.
+
+    Half are domain sentences with fresh random digits; half are random word and number sequences, which no
+    bigram statistics can predict, so only copying lowers their loss.
+    """
+    import random
+    import re
+
+    rng = random.Random(seed)
+    texts = [t for t in vocab_texts if t.strip()]
+    words = sorted({w for t in texts for w in t.split()})
+    drills = []
+    for i in range(count if texts else 0):
+        if i % 2:
+            items = rng.choices(words, k=rng.randint(3, 10))
+        else:
+            items = re.sub(r"\d+", lambda m: _digits(rng, len(m.group())), rng.choice(texts)).split()
+        for _ in range(rng.randint(0, 2)):
+            items.insert(rng.randint(0, len(items)), rng.choice(["#", ""]) + _digits(rng, rng.randint(2, 8)))
+        text = " ".join(items)
+        drills.append([{"role": "user", "content": text}, {"role": "assistant", "content": text}])
+    return drills
+
+
+def _digits(rng, n: int) -> str:
+    return "".join(rng.choice("0123456789") for _ in range(n))
+
+
+def init_model(tokenizer: PreTrainedTokenizerFast, config: BaseModelConfig) -> PreTrainedModel:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(config.seed)
+    model_config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.layers,
+        num_attention_heads=config.heads,
+        num_key_value_heads=config.heads,
+        max_position_embeddings=config.max_position_embeddings,
+        tie_word_embeddings=config.tie_word_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model = LlamaForCausalLM(model_config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def assistant_batches(tokenizer: PreTrainedTokenizerFast, conversations: list[list[dict]], max_length: int):
+    """Tokenized conversations with labels only on assistant tokens (the same masking TRL applies in SFT)."""
+    rows = []
+    for conversation in conversations:
+        out = tokenizer.apply_chat_template(
+            conversation, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
+        ids = out["input_ids"][:max_length]
+        labels = [t if m else -100 for t, m in zip(ids, out["assistant_masks"][:max_length], strict=True)]
+        rows.append((ids, labels))
+    return rows
+
+
+def pretrain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, conversations: list[list[dict]],
+             config: BaseModelConfig, vocab_texts: list[str] = ()) -> list[float]:
+    """Full fine-tune with a plain torch loop (no Trainer overhead on a model this small); returns epoch losses.
+
+    Each epoch draws fresh copy drills from `vocab_texts`: a fixed set would be memorised instead of copied.
+    """
+    import torch
+
+    rows = assistant_batches(tokenizer, conversations, config.max_position_embeddings)
+    n_drills = round(config.copy_drills * len(conversations)) if vocab_texts else 0
+    steps_per_epoch = math.ceil((len(rows) + n_drills) / config.batch_size)
+    total = steps_per_epoch * config.pretrain_epochs
+    if config.pretrain_max_steps > 0:
+        total = min(total, config.pretrain_max_steps)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
+    warmup = max(1, total // 20)
+    # Linear warmup then cosine decay: stable at the high learning rate a tiny model wants.
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    model.train()
+    step, losses, started = 0, [], time.monotonic()
+    while step < total:
+        drills = copy_drills(vocab_texts, n_drills, seed=config.seed * 100_003 + len(losses))
+        epoch_rows = rows + assistant_batches(tokenizer, drills, config.max_position_embeddings)
+        order = torch.randperm(len(epoch_rows), generator=generator).tolist()
+        epoch_loss, batches = 0.0, 0
+        for start in range(0, len(order), config.batch_size):
+            if step >= total:
+                break
+            batch = [epoch_rows[i] for i in order[start:start + config.batch_size]]
+            input_ids, labels, attention = _pad(batch, tokenizer.pad_token_id)
+            loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            step, epoch_loss, batches = step + 1, epoch_loss + loss.item(), batches + 1
+        losses.append(epoch_loss / max(batches, 1))
+        log.info("base model pre-training: epoch %d, step %d/%d, loss %.4f, %.1fs",
+                 len(losses), step, total, losses[-1], time.monotonic() - started)
+    model.eval()
+    return losses
+
+
+def _pad(batch: list[tuple[list[int], list[int]]], pad_id: int):
+    import torch
+
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, (ids, lab) in enumerate(batch):
+        input_ids[row, :len(ids)] = torch.tensor(ids)
+        labels[row, :len(lab)] = torch.tensor(lab)
+        attention[row, :len(ids)] = 1
+    return input_ids, labels, attention
+
+
+def train_base_model(conversations: list[list[dict]], vocab_texts: list[str],
+                     config: BaseModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerFast, list[float]]:
+    """Tokenizer, model and pre-training, in memory: deterministic given `config.seed`."""
+    tokenizer = build_tokenizer(vocab_texts + conversation_texts(conversations), config.vocab_size)
+    model = init_model(tokenizer, config)
+    log.info("base model: %d parameters, vocabulary %d, %d conversations",
+             model.num_parameters(), len(tokenizer), len(conversations))
+    return model, tokenizer, pretrain(model, tokenizer, conversations, config, vocab_texts)
+
+
+def build_base_model(conversations: list[list[dict]], vocab_texts: list[str], out_dir: Path,
+                     config: BaseModelConfig | None = None) -> Path:
+    """Build (or reuse, when `out_dir` holds the same inputs' hash) the base model; returns `out_dir`."""
+    config = config or BaseModelConfig()
+    out_dir = Path(out_dir)
+    digest = config_hash(conversations, vocab_texts, config)
+    marker = out_dir / MARKER_FILE
+    if marker.exists() and json.loads(marker.read_text()).get("hash") == digest:
+        log.info("base model in %s is up to date (hash %s)", out_dir, digest[:12])
+        return out_dir
+    started = time.monotonic()
+    model, tokenizer, losses = train_base_model(conversations, vocab_texts, config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    # The marker is written last, so an interrupted build is never mistaken for a finished one.
+    marker.write_text(json.dumps({
+        "hash": digest,
+        "config": asdict(config),
+        "parameters": model.num_parameters(),
+        "conversations": len(conversations),
+        "final_loss": losses[-1] if losses else None,
+        "seconds": round(time.monotonic() - started, 2),
+    }, indent=2))
+    log.info("base model saved to %s in %.1fs", out_dir, time.monotonic() - started)
+    return out_dir
