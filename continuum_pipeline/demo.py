@@ -99,7 +99,11 @@ def run_demo(scenario_path: str | None, json_out: Path | None, size: DemoSize | 
     ok = _run(settings, "training_job", {"continuum/trigger": "demo: first distillation"})
     v1 = models.champion(settings.mlflow_uri, settings.model_name)
     if not ok or v1 is None:
-        raise RuntimeError("cycle 1 did not register a model; see the Dagster run in `continuum ui`")
+        # The gate did its job: a student that is worse than the base on some slice is not registered.
+        _say("    the candidate did not pass the eval gate against the base model: nothing was registered "
+             "(the per-slice table is on the eval_gate check in `continuum ui`)")
+        report.cycles.append({"cycle": 1, "trigger": "first distillation", "registered": None})
+        return _finish(report, settings, desk, json_out, started)
     report.cycles.append({"cycle": 1, "trigger": "first distillation", "registered": v1.version})
     _say(f"    v{v1.version} passed the gate and is the champion")
 
@@ -139,6 +143,10 @@ def run_demo(scenario_path: str | None, json_out: Path | None, size: DemoSize | 
             report.cycles.append({"cycle": 2, "trigger": decision.reason, "registered": None})
             _say("    the candidate failed the eval gate: nothing registered (see the check in the UI)")
 
+    return _finish(report, settings, desk, json_out, started)
+
+
+def _finish(report: DemoReport, settings: Settings, desk, json_out: Path | None, started: float) -> DemoReport:
     report.curve = learning_curve(settings, desk)
     report.seconds = time.perf_counter() - started
     report.targets = targets(report.curve)
@@ -189,9 +197,13 @@ def learning_curve(settings: Settings, desk) -> list[dict]:
     teacher = desk.teacher_serve(settings.scenario_phase, seed=12345)
     entries = [("teacher", None, teacher([ex.messages for ex in items])),
                ("base", settings.models_dir / "base", None)]
-    for ref in models.versions(settings.mlflow_uri, settings.model_name):
+    registered = models.versions(settings.mlflow_uri, settings.model_name) if _has_model(settings) else []
+    for ref in registered:
         entries.append((f"v{ref.version}", models.model_dir(settings.mlflow_uri, ref, settings.models_dir / "registry"),
                         None))
+    trained = sorted((settings.home / "runs").glob("*/candidate/merged"), key=lambda p: p.stat().st_mtime)
+    if trained and len(trained) > len(registered):  # the newest candidate was blocked by the gate
+        entries.append(("candidate (rejected)", trained[-1], None))
     for name, path, answers in entries:
         answers = answers if answers is not None else golden.answer(path, items)
         rates = success_rates(success(answers, items, desk.check), items)
@@ -206,6 +218,15 @@ def learning_curve(settings: Settings, desk) -> list[dict]:
                      "cost_per_query_usd": desk.cost_usd(round(tokens), round(out_tokens), who),
                      "slices": rates})
     return rows
+
+
+def _has_model(settings: Settings) -> bool:
+    from continuum_pipeline.registry import models
+
+    try:
+        return bool(models.client(settings.mlflow_uri).search_registered_models(f"name = '{settings.model_name}'"))
+    except Exception:  # no MLflow database yet
+        return False
 
 
 def _production(lake) -> dict[str, dict]:

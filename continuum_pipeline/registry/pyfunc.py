@@ -19,7 +19,7 @@ class ContinuumChatModel(mlflow.pyfunc.PythonModel):
 
         self.generator = Generator.from_pretrained(context.artifacts["hf_model"])
 
-    def predict(self, context: Any, model_input: Any, params: dict | None = None) -> list[str]:
+    def predict(self, context: Any, model_input: list[Any], params: dict | None = None) -> list[str]:
         if hasattr(model_input, "columns") and "messages" in model_input.columns:  # a DataFrame
             model_input = list(model_input["messages"])
         return self.generator.generate([list(c) for c in model_input])
