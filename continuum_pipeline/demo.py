@@ -35,6 +35,7 @@ class DemoReport:
     curve: list[dict] = field(default_factory=list)
     targets: dict[str, bool] = field(default_factory=dict)
     seconds: float = 0.0
+    phase: str = "before"  # the knowledge base the learning curve was measured against
 
 
 def _say(text: str) -> None:
@@ -148,6 +149,7 @@ def run_demo(scenario_path: str | None, json_out: Path | None, size: DemoSize | 
 
 def _finish(report: DemoReport, settings: Settings, desk, json_out: Path | None, started: float) -> DemoReport:
     report.curve = learning_curve(settings, desk)
+    report.phase = settings.scenario_phase
     report.seconds = time.perf_counter() - started
     report.targets = targets(report.curve)
     print_curve(report)
@@ -245,7 +247,7 @@ def _production(lake) -> dict[str, dict]:
 def targets(curve: list[dict]) -> dict[str, bool]:
     by = {r["model"]: r for r in curve}
     versions = [r for r in curve if r["model"].startswith("v")]
-    out = {}
+    out = {"cycle 1 registered a student (passed the gate)": bool(versions)}
     if versions and by.get("teacher"):
         v1 = versions[0]
         out["v1 >= 90% of teacher on unchanged intents"] = (
@@ -260,7 +262,7 @@ def targets(curve: list[dict]) -> dict[str, bool]:
 def print_curve(report: DemoReport) -> None:
     from continuum_pipeline.cli import print_table
 
-    _say("\nLearning curve — golden-set success rate (knowledge base after the policy change):")
+    _say(f"\nLearning curve — golden-set success rate (knowledge base {report.phase} the policy change):")
     print_table(["model", "unchanged intents", "changed intents", "all", "prod. mean reward", "prod. interactions",
                  "cost/query $"],
                 [[r["model"], _pct(r["unchanged_intents"]), _pct(r["changed_intents"]), _pct(r["all"]),
