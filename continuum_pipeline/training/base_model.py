@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -72,7 +73,7 @@ class BaseModelConfig:
     max_position_embeddings: int = 256
     vocab_size: int = 2000  # upper bound: BPE stops merging earlier on a small corpus
     tie_word_embeddings: bool = True
-    copy_drills: float = 1.0  # echo conversations added per real one: they teach the copying a real base LM knows
+    copy_drill_ratio: float = 1.0  # echo drills per conversation, fresh each epoch: the copying a real base LM knows
     pretrain_epochs: int = 20
     pretrain_max_steps: int = 1000  # caps the run at about a minute on 2 CPU cores; <= 0: epochs decide
     lr: float = 3e-3
@@ -89,7 +90,7 @@ def conversation_texts(conversations: list[list[dict]]) -> list[str]:
     return [message["content"] for conversation in conversations for message in conversation]
 
 
-def copy_drills(vocab_texts: list[str], count: int, seed: int) -> list[list[dict]]:
+def copy_drills(vocab_texts: Sequence[str], count: int, seed: int) -> list[list[dict]]:
     """Conversations whose answer repeats the question: a generic copy skill (induction) the tasks build on.
 
     Half are domain sentences with fresh random digits; half are random word and number sequences, which no
@@ -156,7 +157,7 @@ def assistant_batches(tokenizer: PreTrainedTokenizerFast, conversations: list[li
 
 
 def pretrain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, conversations: list[list[dict]],
-             config: BaseModelConfig, vocab_texts: list[str] = ()) -> list[float]:
+             config: BaseModelConfig, vocab_texts: Sequence[str] = ()) -> list[float]:
     """Full fine-tune with a plain torch loop (no Trainer overhead on a model this small); returns epoch losses.
 
     Each epoch draws fresh copy drills from `vocab_texts`: a fixed set would be memorised instead of copied.
@@ -164,7 +165,7 @@ def pretrain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, convers
     import torch
 
     rows = assistant_batches(tokenizer, conversations, config.max_position_embeddings)
-    n_drills = round(config.copy_drills * len(conversations)) if vocab_texts else 0
+    n_drills = round(config.copy_drill_ratio * len(conversations)) if vocab_texts else 0
     steps_per_epoch = math.ceil((len(rows) + n_drills) / config.batch_size)
     total = steps_per_epoch * config.pretrain_epochs
     if config.pretrain_max_steps > 0:
@@ -237,6 +238,7 @@ def build_base_model(conversations: list[list[dict]], vocab_texts: list[str], ou
         log.info("base model in %s is up to date (hash %s)", out_dir, digest[:12])
         return out_dir
     started = time.monotonic()
+    marker.unlink(missing_ok=True)  # a rebuild interrupted midway must not pass for the previous build
     model, tokenizer, losses = train_base_model(conversations, vocab_texts, config)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
