@@ -41,7 +41,7 @@ def build_definitions(settings: Settings | None = None, sql_dir: Path | None = N
         jobs=[ingest_job, sql_models_job, lake_maintenance_job, monitoring_job, training_job],
         sensors=[landing_sensor, sample_count_sensor, quality_drop_sensor, error_rate_sensor],
         schedules=[lake_maintenance_schedule, weekly_training],
-        resources=resources_from_settings(settings, sql_dir),
+        resources=resources_from_settings(settings),
     )
 
 

@@ -32,12 +32,6 @@ class LandingResource(dg.ConfigurableResource):
         return Path(self.landing_dir)
 
 
-class SqlProjectResource(dg.ConfigurableResource):
-    """The folder of SQL models (dbt_like_sql/)."""
-
-    root: str
-
-
 def default_sql_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "dbt_like_sql"
 
@@ -109,12 +103,11 @@ class FlywheelResource(dg.ConfigurableResource):
         return Path(self.home) / "runs"
 
 
-def resources_from_settings(settings: Settings, sql_dir: Path | None = None) -> dict[str, object]:
+def resources_from_settings(settings: Settings) -> dict[str, object]:
     return {
         "lake": LakeResource(catalog_uri=settings.catalog_uri, warehouse=settings.warehouse, namespace=settings.namespace),
         "landing": LandingResource(landing_dir=str(settings.landing_dir), max_segments=settings.ingest_max_segments,
                                    max_record_bytes=settings.max_record_bytes),
-        "sql_project": SqlProjectResource(root=str(sql_dir or default_sql_dir())),
         "scenario": ScenarioResource(path=settings.scenario, phase=settings.scenario_phase),
         "judge_endpoint": JudgeEndpointResource(base_url=settings.judge_base_url, model=settings.judge_model,
                                                 api_key=settings.judge_api_key),

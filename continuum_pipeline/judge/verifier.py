@@ -50,8 +50,12 @@ class ProgrammaticVerifier:
 
 
 def normalize_answer(text: str) -> str:
-    """Case-, whitespace- and trailing-punctuation-insensitive form of an answer."""
-    return re.sub(r"\s+", " ", text).strip().rstrip(".!?;:,。！？ ").casefold()
+    """Case, whitespace and trailing punctuation do not matter; nor does tokenizer spacing such as
+    `order # 4 8 2 1 3 .` (spaces around punctuation and between digits are dropped)."""
+    text = " ".join(text.casefold().split())
+    text = re.sub(r" ?([^\w\s]) ?", r"\1", text)
+    text = re.sub(r"(?<=\d) (?=\d)", "", text)
+    return text.rstrip(".!?;:,。！？ ")
 
 
 def exact_match_check(expected_key: str = "expected") -> Check:

@@ -17,6 +17,7 @@ from itertools import product
 from string import Formatter
 from typing import Any
 
+from continuum_pipeline.judge.verifier import normalize_answer
 from continuum_pipeline.scenario.spec import (
     SPLITS,
     Intent,
@@ -61,15 +62,6 @@ class TrafficStats:
     @property
     def accuracy(self) -> float:
         return self.correct / self.requests if self.requests else 0.0
-
-
-def normalize_answer(text: str) -> str:
-    """Case, whitespace and trailing punctuation do not matter; nor does tokenizer spacing such as
-    `order # 4 8 2 1 3 .` (spaces around punctuation and between digits are dropped)."""
-    text = " ".join(text.lower().split())
-    text = re.sub(r" ?([^\w\s]) ?", r"\1", text)
-    text = re.sub(r"(?<=\d) (?=\d)", "", text)
-    return text.rstrip(".!?;: ")
 
 
 def _template_regex(template: str) -> re.Pattern[str]:
