@@ -61,6 +61,16 @@ def test_train_and_golden_pools_are_disjoint(desk):
     assert all(any(c.isdigit() for c in v) for v in orders.golden)  # copying unseen digits is tested
 
 
+def test_generated_slot_values_are_reproducible_and_held_out(desk):
+    orders = desk.scenario.intents["refund_status"].slots["order"]
+    assert (len(orders.train), len(orders.golden)) == (500, 8)
+    assert all(v.startswith("#") and len(v) == 6 and v[1] != "0" and v[1:].isdigit() for v in orders.train)
+    assert len(set(orders.train)) == 500 and not set(orders.train) & set(orders.golden)
+    # A YAML anchor shares the pool; a reload draws the same values.
+    assert desk.scenario.intents["track_order"].slots["order"] == orders
+    assert load_scenario().intents["refund_status"].slots["order"] == orders
+
+
 def _mutate(raw: dict, edit) -> dict:
     data = copy.deepcopy(raw)
     edit(data)
@@ -77,8 +87,12 @@ def _set(path: list[str], value):
 
 @pytest.mark.parametrize("edit, field, words", [
     (lambda d: d["intents"]["refund_status"].pop("answer"), "intents.refund_status.answer", "missing"),
-    (_set(["intents", "change_seats", "slots", "seats", "golden"], ["7", "12"]),
-     "intents.change_seats.slots.seats.golden", "also a train value"),
+    (_set(["intents", "reschedule_delivery", "slots", "date", "golden"], ["March 9"]),
+     "intents.reschedule_delivery.slots.date.golden", "also a train value"),
+    (_set(["intents", "change_seats", "slots", "seats", "generate", "train"], 100),
+     "intents.change_seats.slots.seats.generate", "give only 90 numbers"),
+    (_set(["intents", "change_seats", "slots", "seats", "train"], ["7"]),
+     "intents.change_seats.slots.seats", "both `generate` and value lists"),
     (_set(["intents", "billing_date", "wieght"], 1.0), "intents.billing_date.wieght", "unknown field"),
     (_set(["teacher", "error_rate"], 1.5), "teacher.error_rate", "between 0 and 1"),
     (_set(["intents", "track_order", "questions"], ["Where is my package?"]),
@@ -102,7 +116,7 @@ def test_ambiguous_templates_are_refused(raw):
     from continuum_pipeline.scenario import parse_scenario
 
     data = _mutate(raw, lambda d: d["intents"]["return_policy"]["questions"].append("How much is shipping?"))
-    with pytest.raises(ScenarioError, match=r"intents\.(return_policy|shipping_cost)\.questions\[\d\]"):
+    with pytest.raises(ScenarioError, match=r"intents\.(return_policy|shipping_cost)\.questions\[\d+\]"):
         SupportDesk(parse_scenario(data))
 
 

@@ -267,10 +267,11 @@ class SupportDesk:
         for intent in self.scenario.intents.values():
             answers = {self.scenario.answer(intent.name, phase) for phase in ("before", "after")}
             for template in [*intent.questions, *intent.golden_questions, *sorted(answers)]:
-                pools = {s: intent.slots[s].train + intent.slots[s].golden for s in template_slots(template)}
-                for k in range(max((len(p) for p in pools.values()), default=1)):
+                pools = {s: intent.slots[s].golden + intent.slots[s].train for s in template_slots(template)}
+                # Up to 64 renderings per template: enough for the tokenizer; generated pools hold hundreds.
+                for k in range(min(64, max((len(p) for p in pools.values()), default=1))):
                     texts.append(template.format(**{s: p[k % len(p)] for s, p in pools.items()}))
-            texts.extend(v for pool in intent.slots.values() for v in pool.train + pool.golden)
+            texts.extend(v for pool in intent.slots.values() for v in pool.train[:64] + pool.golden)
         return list(dict.fromkeys(texts))
 
     # --- cost ----------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from string import Formatter
@@ -237,16 +238,46 @@ def _values(value: Any, where: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _generated(value: Any, where: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Random numbers (no leading zero) for slots like order numbers, where real traffic rarely repeats a value:
+    the golden values first, then train values that exclude them. Seeded by the spec, so a YAML anchor shared by
+    several intents yields the same pool everywhere."""
+    spec = _mapping(value, where, {"digits", "prefix", "train", "golden"})
+    digits = int(_number(_get(spec, "digits", where, "add the number of digits, e.g. 5")[0],
+                         f"{where}.digits", 1, 12, "use 1 to 12 digits"))
+    prefix = spec.get("prefix") or ""
+    if not isinstance(prefix, str):
+        raise ScenarioError(f"{where}.prefix", f"must be a string, got {prefix!r}", 'quote it, e.g. "#"')
+    sizes = {}
+    for key, default in (("train", 500), ("golden", 8)):
+        sizes[key] = int(_number(spec.get(key, default), f"{where}.{key}", 1, None, "use a positive count"))
+    room = 9 * 10 ** (digits - 1)
+    if sum(sizes.values()) > room:
+        raise ScenarioError(where, f"{digits} digit(s) give only {room} numbers for {sum(sizes.values())} values",
+                            "use more digits or fewer values")
+    rng = random.Random(f"slot:{prefix}:{digits}:{sizes['train']}:{sizes['golden']}")
+    values: dict[str, None] = {}
+    while len(values) < sum(sizes.values()):
+        values[prefix + str(rng.randrange(10 ** (digits - 1), 10 ** digits))] = None
+    ordered = tuple(values)
+    return ordered[sizes["golden"]:], ordered[:sizes["golden"]]
+
+
 def _slots(value: Any, where: str) -> dict[str, SlotPool]:
     pools: dict[str, SlotPool] = {}
     for name, pool in _mapping(value, where).items():
         path = _join(where, str(name))
         if not str(name).isidentifier():
             raise ScenarioError(path, "slot names must be identifiers", "use letters, digits and _")
-        pool = _mapping(pool, path, {"train", "golden"})
-        fix = "add a list of values"
-        train = _values(_get(pool, "train", path, fix)[0], f"{path}.train")
-        golden = _values(_get(pool, "golden", path, fix)[0], f"{path}.golden")
+        pool = _mapping(pool, path, {"train", "golden", "generate"})
+        if "generate" in pool:
+            if set(pool) != {"generate"}:
+                raise ScenarioError(path, "has both `generate` and value lists", "keep one of them")
+            train, golden = _generated(pool["generate"], f"{path}.generate")
+        else:
+            fix = "add a list of values (or `generate: {digits: 5, prefix: \"#\"}`)"
+            train = _values(_get(pool, "train", path, fix)[0], f"{path}.train")
+            golden = _values(_get(pool, "golden", path, fix)[0], f"{path}.golden")
         shared = sorted(set(train) & set(golden))
         if shared:
             raise ScenarioError(f"{path}.golden", f"{shared[0]!r} is also a train value",
