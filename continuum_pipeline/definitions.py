@@ -16,6 +16,7 @@ from continuum_pipeline.defs.lake.assets import (
     lake_maintenance_job,
     lake_maintenance_schedule,
 )
+from continuum_pipeline.defs.loggers import compact_console
 from continuum_pipeline.defs.registry.assets import registered_model
 from continuum_pipeline.defs.resources import default_sql_dir, resources_from_settings
 from continuum_pipeline.defs.sql.assets import sql_assets, sql_models_job
@@ -42,6 +43,7 @@ def build_definitions(settings: Settings | None = None, sql_dir: Path | None = N
         sensors=[landing_sensor, sample_count_sensor, quality_drop_sensor, error_rate_sensor],
         schedules=[lake_maintenance_schedule, weekly_training],
         resources=resources_from_settings(settings),
+        loggers={"compact_console": compact_console},
     )
 
 

@@ -51,9 +51,12 @@ def _definitions(settings: Settings):
 def _run(settings: Settings, job: str, tags: dict[str, str] | None = None) -> bool:
     import dagster as dg
 
+    from continuum_pipeline.defs.loggers import COMPACT_RUN_CONFIG
+
     started = time.perf_counter()
     result = _definitions(settings).resolve_job_def(job).execute_in_process(
-        instance=dg.DagsterInstance.get(), tags={"continuum/source": "demo", **(tags or {})}, raise_on_error=False)
+        run_config=COMPACT_RUN_CONFIG, instance=dg.DagsterInstance.get(),
+        tags={"continuum/source": "demo", **(tags or {})}, raise_on_error=False)
     _say(f"    {job}: {'ok' if result.success else 'FAILED'} in {time.perf_counter() - started:.0f}s")
     return result.success
 
@@ -187,17 +190,23 @@ def write_broken_producer_segment(landing: Path) -> int:
 def learning_curve(settings: Settings, desk) -> list[dict]:
     """Golden-set success per slice for the teacher, the base model and every registered version."""
     from continuum_pipeline.evaluation import golden
-    from continuum_pipeline.evaluation.gate import success, success_rates
+    from continuum_pipeline.evaluation.gate import GoldenExample, success, success_rates
     from continuum_pipeline.lake.catalog import Lake
     from continuum_pipeline.registry import models
 
     lake = Lake.from_settings(settings)
-    table = golden.golden_table(desk, settings.scenario_phase)
-    items = golden.examples(table)
+    items = golden.examples(golden.golden_table(desk, settings.scenario_phase))
+    if settings.scenario_phase == "after":
+        # The changed intents as they were before the change too: shows what v1 had learned before it went stale.
+        items += [GoldenExample(ex.golden_id + "@before", ("changed_intents_before",), ex.messages, ex.metadata)
+                  for ex in golden.examples(golden.golden_table(desk, "before"))
+                  if ex.metadata["intent"] in desk.changed_intents]
+    scored = [ex for ex in items if not ex.golden_id.endswith("@before")]
     rewards = _production(lake)
     rows = []
-    teacher = desk.teacher_serve(settings.scenario_phase, seed=12345)
-    entries = [("teacher", None, teacher([ex.messages for ex in items])),
+    teacher = {phase: desk.teacher_serve(phase, seed=12345) for phase in ("before", "after")}
+    teacher_answers = [teacher[ex.metadata["phase"]]([ex.messages])[0] for ex in items]
+    entries = [("teacher", None, teacher_answers),
                ("base", settings.models_dir / "base", None)]
     registered = models.versions(settings.mlflow_uri, settings.model_name) if _has_model(settings) else []
     for ref in registered:
@@ -211,10 +220,12 @@ def learning_curve(settings: Settings, desk) -> list[dict]:
         rates = success_rates(success(answers, items, desk.check), items)
         served = rewards.get("teacher" if name == "teacher" else name.removeprefix("v"), {})
         who = "teacher" if name == "teacher" else "student"
-        tokens = sum(desk.estimated_tokens(m["content"]) for ex in items for m in ex.messages) / len(items)
-        out_tokens = sum(desk.estimated_tokens(a) for a in answers) / len(answers)
+        tokens = sum(desk.estimated_tokens(m["content"]) for ex in scored for m in ex.messages) / len(scored)
+        out_tokens = sum(desk.estimated_tokens(a) for a, ex in zip(answers, items, strict=True)
+                         if ex in scored) / len(scored)
         rows.append({"model": name, "unchanged_intents": rates.get("unchanged_intents"),
-                     "changed_intents": rates.get("changed_intents"), "all": rates.get("all"),
+                     "changed_intents": rates.get("changed_intents"),
+                     "changed_intents_before": rates.get("changed_intents_before"), "all": rates.get("all"),
                      "production_mean_reward": served.get("mean_reward"),
                      "production_interactions": served.get("interactions", 0),
                      "cost_per_query_usd": desk.cost_usd(round(tokens), round(out_tokens), who),
@@ -263,9 +274,10 @@ def print_curve(report: DemoReport) -> None:
     from continuum_pipeline.cli import print_table
 
     _say(f"\nLearning curve — golden-set success rate (knowledge base {report.phase} the policy change):")
-    print_table(["model", "unchanged intents", "changed intents", "all", "prod. mean reward", "prod. interactions",
-                 "cost/query $"],
-                [[r["model"], _pct(r["unchanged_intents"]), _pct(r["changed_intents"]), _pct(r["all"]),
+    print_table(["model", "unchanged intents", "changed intents", "changed, old answers", "all", "prod. mean reward",
+                 "prod. interactions", "cost/query $"],
+                [[r["model"], _pct(r["unchanged_intents"]), _pct(r["changed_intents"]),
+                  _pct(r.get("changed_intents_before")), _pct(r["all"]),
                   r["production_mean_reward"], r["production_interactions"], f"{r['cost_per_query_usd']:.6f}"]
                  for r in report.curve])
     _say("\nTargets: " + "; ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in report.targets.items()))

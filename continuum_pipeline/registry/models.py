@@ -50,11 +50,11 @@ def register(tracking_uri: str, model_name: str, merged_dir: str | Path, run_id:
     """Log the merged model into its training run, register it, alias it `challenger` (and `champion` if first)."""
     import mlflow
 
-    from continuum_pipeline.registry.pyfunc import ContinuumChatModel
+    from continuum_pipeline.registry import pyfunc
 
     c = client(tracking_uri)
     with mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(name="model", python_model=ContinuumChatModel(),
+        info = mlflow.pyfunc.log_model(name="model", python_model=pyfunc.__file__,
                                        artifacts={"hf_model": str(merged_dir)},
                                        pip_requirements=["continuum-pipeline[training]"])
     full_tags = {f"{TAG}{k}": str(v) for k, v in tags.items()} | {f"{TAG}mlflow_run_id": run_id}

@@ -2,6 +2,7 @@
 
 Merged weights (LoRA folded in) rather than an adapter: MLflow's transformers flavour mishandles local
 PEFT bases, and a plain folder reloads offline with from_pretrained anywhere (vLLM included).
+MLflow logs this file as "model from code" (`set_model` below), so no pickled object travels with the model.
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ class ContinuumChatModel(mlflow.pyfunc.PythonModel):
 
         self.generator = Generator.from_pretrained(context.artifacts["hf_model"])
 
-    def predict(self, context: Any, model_input: list[Any], params: dict | None = None) -> list[str]:
+    # The type hint is MLflow's input contract: a list of conversations, each a list of {role, content}.
+    def predict(self, context: Any, model_input: list[list[dict[str, str]]], params: dict | None = None) -> list[str]:
         if hasattr(model_input, "columns") and "messages" in model_input.columns:  # a DataFrame
             model_input = list(model_input["messages"])
         return self.generator.generate([list(c) for c in model_input])
+
+
+mlflow.models.set_model(ContinuumChatModel())

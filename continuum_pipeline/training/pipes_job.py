@@ -8,7 +8,29 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+
+
+def progress_reporter(say: Callable[[str], None], every: float = 0.1) -> Callable[[str, dict], None]:
+    """Turns SFT progress events into short lines: start, about every 10% of the steps, end."""
+    next_share = 0.0
+
+    def report(event: str, info: dict) -> None:
+        nonlocal next_share
+        if event == "start":
+            say(f"training on {info['train_rows']} rows ({info['eval_rows']} validation) from {info['base_model']}")
+        elif event == "log" and "loss" in info and info.get("max_steps"):
+            share = info["step"] / info["max_steps"]
+            if share >= next_share:
+                say(f"step {info['step']}/{info['max_steps']} loss {info['loss']:.4f}")
+                next_share = share + every
+        elif event == "end":
+            metrics = info["metrics"]
+            say(f"done in {info['seconds']:.0f}s: final loss {metrics.get('train_loss_final', float('nan')):.4f}"
+                + (f", validation loss {metrics['eval_loss']:.4f}" if "eval_loss" in metrics else ""))
+
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,8 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     with open_dagster_pipes() as pipes:
         config = SFTRunConfig(**json.loads(Path(argv[0]).read_text()))
-        pipes.log.info(f"training from {config.base_model} on {config.train_file}")
-        result = train(config, progress=lambda event, info: pipes.log.info(f"{event}: {info}"))
+        result = train(config, progress=progress_reporter(pipes.log.info))
         pipes.report_asset_materialization(metadata={
             "merged_dir": result.merged_dir,
             "adapter_dir": result.adapter_dir,

@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,11 +59,18 @@ def read_conversations(path: str) -> list[dict]:
 
 
 def train(config: SFTRunConfig, progress: Progress | None = None) -> SFTResult:
+    import datasets
     import torch
+    import transformers
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, set_seed
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback, set_seed
     from trl import SFTConfig, SFTTrainer
+
+    # Progress goes through `progress` (Dagster Pipes, MLflow); library progress bars would only clutter the log.
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
     started = time.monotonic()
     notify = progress or (lambda event, info: None)
@@ -123,6 +131,7 @@ def train(config: SFTRunConfig, progress: Progress | None = None) -> SFTResult:
         peft_config=lora,
         callbacks=[_Forward()],
     )
+    trainer.remove_callback(PrinterCallback)  # with tqdm off it prints every log dict to stdout
     output = trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     metrics = {

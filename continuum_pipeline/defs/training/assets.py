@@ -2,6 +2,7 @@
 
 import json
 import sys
+import warnings
 
 import dagster as dg
 
@@ -88,7 +89,9 @@ def candidate_model(context: dg.AssetExecutionContext, config: TrainingConfig, l
     config_path = run_dir / "sft_config.json"
     config_path.write_text(json.dumps(sft.__dict__, indent=2))
     context.log.info(f"training from {start} on {dataset.num_rows} curated rows (snapshot {dataset_snapshot})")
-    return pipes_subprocess_client.run(
-        command=[sys.executable, "-m", "continuum_pipeline.training.pipes_job", str(config_path)],
-        context=context, extras=lineage,
-    ).get_materialize_result()
+    with warnings.catch_warnings():  # Dagster's own use of a preview API inside the Pipes client
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return pipes_subprocess_client.run(
+            command=[sys.executable, "-m", "continuum_pipeline.training.pipes_job", str(config_path)],
+            context=context, extras=lineage,
+        ).get_materialize_result()
