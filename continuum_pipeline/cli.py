@@ -117,8 +117,10 @@ def show_lake(settings: Settings) -> None:
 
     lake = Lake.from_settings(settings)
     rows = []
-    for name in ("interactions", "feedback_events", "quarantine", "stg_interactions", "stg_feedback_events",
-                 "interaction_feedback", "quality_daily"):
+    first = ["interactions", "feedback_events", "quarantine"]  # the raw tables, then the rest by name
+    names = [] if not lake.catalog.namespace_exists(lake.namespace) else sorted(
+        (ident[-1] for ident in lake.catalog.list_tables(lake.namespace)), key=lambda n: (n not in first, n))
+    for name in names:
         if lake.table_exists(name):
             table = lake.table(name)
             snap = table.current_snapshot()
@@ -137,8 +139,10 @@ def show_lake(settings: Settings) -> None:
     if lake.table_exists("quality_daily"):
         qd = lake.read_arrow("quality_daily").to_pylist()
         print("\nquality_daily:")
-        print_table(["day", "model", "interactions", "mean score", "neg. feedback rate", "p50 ms", "p95 ms", "error rate"],
-                    [[r["day"], r["model"], r["interactions"], r["mean_score"], r["negative_feedback_rate"],
+        print_table(["day", "model", "interactions", "mean reward", "mean score", "neg. feedback rate", "p50 ms",
+                     "p95 ms", "error rate"],
+                    [[r["day"], r["model"], r["interactions"], r.get("mean_reward"), r["mean_score"],
+                      r["negative_feedback_rate"],
                       r["p50_latency_ms"], r["p95_latency_ms"], r["error_rate"]] for r in qd[-10:]])
 
 

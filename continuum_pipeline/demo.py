@@ -117,6 +117,9 @@ def run_demo(scenario_path: str | None, json_out: Path | None, size: DemoSize | 
     _say(f"\nDays 4–5: v{v1.version} serves")
     for day in (4, 5):
         traffic(day, size.student_per_day, "before", student.generate, "student", v1.version, "student")
+    # Production labels as it goes (landing sensor + eager reward_labels): v1's days are judged by the KB of their day.
+    _run(settings, "ingest_job")
+    _run(settings, "monitoring_job")
     _say(f"\nDay 6: the policy changes for {', '.join(sorted(desk.changed_intents))}; traffic shifts toward them")
     os.environ["CONTINUUM_SCENARIO_PHASE"] = "after"
     settings = get_settings()

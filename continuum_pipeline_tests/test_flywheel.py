@@ -19,14 +19,12 @@ from continuum_pipeline.registry import lineage, models
 from continuum_pipeline.scenario import SupportDesk, load_scenario, simulate_traffic
 from continuum_pipeline.serving.generate import Generator
 
-# Small enough for CI on 2 cores. This short a training does not beat the base model on every golden slice,
-# so cycle 1 runs with a wide gate margin (the mechanics under test here are registration, reload and
-# lineage); the corrupted candidate below then faces the default margins against v1.
+# Small enough for CI on 2 cores; both gates run with their default margins: the good candidate must beat
+# the base on every slice, the corrupted one below must be blocked against v1.
 TRAIN = {"max_steps": 150}
 RUN_CONFIG = {"ops": {
     "base_model": {"config": {"pretraining_conversations": 300, "pretrain_max_steps": 200}},
     "candidate_model": {"config": TRAIN},
-    "candidate_model_eval_gate": {"config": {"base_margin": 1.0}},
 }}
 
 

@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 log = logging.getLogger(__name__)
+Say = Callable[[str], None]  # where progress lines go: a logger here, Dagster's context.log in the asset
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "<|end|>", "<unk>"
 ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
@@ -157,7 +158,7 @@ def assistant_batches(tokenizer: PreTrainedTokenizerFast, conversations: list[li
 
 
 def pretrain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, conversations: list[list[dict]],
-             config: BaseModelConfig, vocab_texts: Sequence[str] = ()) -> list[float]:
+             config: BaseModelConfig, vocab_texts: Sequence[str] = (), say: Say = log.info) -> list[float]:
     """Full fine-tune with a plain torch loop (no Trainer overhead on a model this small); returns epoch losses.
 
     Each epoch draws fresh copy drills from `vocab_texts`: a fixed set would be memorised instead of copied.
@@ -178,7 +179,7 @@ def pretrain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, convers
     )
     generator = torch.Generator().manual_seed(config.seed)
     model.train()
-    step, losses, started = 0, [], time.monotonic()
+    step, losses, started, next_report = 0, [], time.monotonic(), total / 10
     while step < total:
         drills = copy_drills(vocab_texts, n_drills, seed=config.seed * 100_003 + len(losses))
         epoch_rows = rows + assistant_batches(tokenizer, drills, config.max_position_embeddings)
@@ -197,8 +198,10 @@ def pretrain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, convers
             optimizer.zero_grad(set_to_none=True)
             step, epoch_loss, batches = step + 1, epoch_loss + loss.item(), batches + 1
         losses.append(epoch_loss / max(batches, 1))
-        log.info("base model pre-training: epoch %d, step %d/%d, loss %.4f, %.1fs",
-                 len(losses), step, total, losses[-1], time.monotonic() - started)
+        if step >= next_report or step >= total:  # about every 10% of the steps
+            say(f"pre-training: step {step}/{total}, epoch {len(losses)}, loss {losses[-1]:.4f}, "
+                f"{time.monotonic() - started:.0f}s")
+            next_report = step + total / 10
     model.eval()
     return losses
 
@@ -217,30 +220,33 @@ def _pad(batch: list[tuple[list[int], list[int]]], pad_id: int):
     return input_ids, labels, attention
 
 
-def train_base_model(conversations: list[list[dict]], vocab_texts: list[str],
-                     config: BaseModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerFast, list[float]]:
+def train_base_model(conversations: list[list[dict]], vocab_texts: list[str], config: BaseModelConfig,
+                     say: Say = log.info) -> tuple[PreTrainedModel, PreTrainedTokenizerFast, list[float]]:
     """Tokenizer, model and pre-training, in memory: deterministic given `config.seed`."""
     tokenizer = build_tokenizer(vocab_texts + conversation_texts(conversations), config.vocab_size)
     model = init_model(tokenizer, config)
-    log.info("base model: %d parameters, vocabulary %d, %d conversations",
-             model.num_parameters(), len(tokenizer), len(conversations))
-    return model, tokenizer, pretrain(model, tokenizer, conversations, config, vocab_texts)
+    say(f"base model: {model.num_parameters():,} parameters, vocabulary {len(tokenizer)}, "
+        f"{len(conversations)} conversations")
+    return model, tokenizer, pretrain(model, tokenizer, conversations, config, vocab_texts, say)
 
 
 def build_base_model(conversations: list[list[dict]], vocab_texts: list[str], out_dir: Path,
-                     config: BaseModelConfig | None = None) -> Path:
+                     config: BaseModelConfig | None = None, say: Say = log.info) -> Path:
     """Build (or reuse, when `out_dir` holds the same inputs' hash) the base model; returns `out_dir`."""
     config = config or BaseModelConfig()
     out_dir = Path(out_dir)
     digest = config_hash(conversations, vocab_texts, config)
     marker = out_dir / MARKER_FILE
     if marker.exists() and json.loads(marker.read_text()).get("hash") == digest:
-        log.info("base model in %s is up to date (hash %s)", out_dir, digest[:12])
+        say(f"base model in {out_dir} is up to date (hash {digest[:12]})")
         return out_dir
     started = time.monotonic()
     marker.unlink(missing_ok=True)  # a rebuild interrupted midway must not pass for the previous build
-    model, tokenizer, losses = train_base_model(conversations, vocab_texts, config)
+    model, tokenizer, losses = train_base_model(conversations, vocab_texts, config, say)
     out_dir.mkdir(parents=True, exist_ok=True)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a one-shard bar per save: noise in the run's log
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     # The marker is written last, so an interrupted build is never mistaken for a finished one.
@@ -252,5 +258,5 @@ def build_base_model(conversations: list[list[dict]], vocab_texts: list[str], ou
         "final_loss": losses[-1] if losses else None,
         "seconds": round(time.monotonic() - started, 2),
     }, indent=2))
-    log.info("base model saved to %s in %.1fs", out_dir, time.monotonic() - started)
+    say(f"base model saved to {out_dir} in {time.monotonic() - started:.0f}s")
     return out_dir

@@ -63,11 +63,14 @@ def eval_gate(context: dg.AssetCheckExecutionContext, config: GateConfig, lake: 
              "pass" if r["passed"] else "**FAIL**") for r in result.table()]
     table = markdown_table(["slice", "n", champion_name, "candidate", "delta", "margin", "McNemar p", ""], rows)
     overall = next(s for s in result.slices if s.slice == "all")
+    verdict = ("passes every slice" if result.passed else
+               "is worse beyond the margin on: " + ", ".join(s.slice for s in result.failures))
+    context.log.info(f"eval gate: candidate {overall.candidate:.0%} vs {champion_name} {overall.champion:.0%} "
+                     f"on all {overall.n}; the candidate {verdict}")
     return dg.AssetCheckResult(
         passed=result.passed,
         severity=dg.AssetCheckSeverity.ERROR,
-        description=("candidate passes every slice" if result.passed else
-                     "candidate is worse beyond the margin on: " + ", ".join(s.slice for s in result.failures)),
+        description=f"candidate {verdict}",
         metadata={"champion": champion_name, "candidate_success": overall.candidate,
                   "champion_success": overall.champion, "failed_slices": len(result.failures),
                   "slices": dg.MetadataValue.md(table)},

@@ -16,7 +16,17 @@ def reward_labels(context: dg.AssetExecutionContext, lake: LakeResource, scenari
 
     judges = [j for j in (scenario.verifier(), judge_endpoint.judge()) if j is not None]
     the_lake = lake.lake()
-    report = label_interactions(the_lake, judges, progress=lambda e, i: context.log.info(f"labels {e}: {i}"))
+    quarters: dict[str, int] = {}
+
+    def progress(event: str, info: dict) -> None:  # a line per quarter of each judge's work, not per batch
+        if event == "judged" and info.get("total"):
+            quarter = 4 * info["done"] // info["total"]
+            if quarters.get(info["judge"]) == quarter:
+                return
+            quarters[info["judge"]] = quarter
+        context.log.info(f"labels {event}: {info}")
+
+    report = label_interactions(the_lake, judges, progress=progress)
     rows = [(j.name, j.version, report.labelled.get(j.name, 0), report.already_labelled.get(j.name, 0),
              report.failed.get(j.name, 0), report.mean_score.get(j.name)) for j in judges]
     return dg.MaterializeResult(metadata={

@@ -28,7 +28,7 @@ def base_model(context: dg.AssetExecutionContext, config: BaseModelRunConfig, sc
     overrides = {k: v for k, v in config.model_dump().items() if v is not None and k != "pretraining_conversations"}
     desk = scenario.desk()
     path = build_base_model(desk.pretraining_conversations(config.pretraining_conversations), desk.corpus_texts(),
-                            flywheel.models_dir / "base", BaseModelConfig(**overrides))
+                            flywheel.models_dir / "base", BaseModelConfig(**overrides), say=context.log.info)
     info = json.loads((path / "continuum_base.json").read_text())
     return dg.MaterializeResult(metadata={"path": str(path), **{k: v for k, v in info.items()
                                                                  if isinstance(v, str | int | float)}})
