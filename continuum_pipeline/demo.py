@@ -72,6 +72,7 @@ def run_demo(scenario_path: str | None, json_out: Path | None, size: DemoSize | 
     started = time.perf_counter()
     os.environ["CONTINUUM_SCENARIO_PHASE"] = "before"
     os.environ["CONTINUUM_TRIGGER_COOLDOWN_HOURS"] = "0"  # simulated days pass in seconds
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per model copy clutters the story
     if scenario_path:
         os.environ["CONTINUUM_SCENARIO"] = str(Path(scenario_path).resolve())
     settings = get_settings()
