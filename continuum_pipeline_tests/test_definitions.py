@@ -108,3 +108,24 @@ def test_landing_sensor_requests_each_new_batch_once(settings):
         assert isinstance(second, dg.RunRequest) and second.run_key != first.run_key
         assert second.tags["continuum/segments"] == "1"
         assert sorted(json.loads(ctx.cursor)["requested"]) == ["20261121T000002Z-b.jsonl", "20261121T000003Z-c.jsonl"]
+
+
+def test_compact_console_logger_prints_one_short_line_per_message(capsys):
+    from continuum_pipeline.defs.loggers import COMPACT_RUN_CONFIG, compact_console
+
+    @dg.asset
+    def greeting(context) -> None:
+        context.log.info("hello from the asset")
+        context.log.debug("too chatty for the console")
+
+    @dg.asset
+    def broken() -> None:
+        raise ValueError("the reason it broke")
+
+    defs = dg.Definitions(assets=[greeting, broken], loggers={"compact_console": compact_console})
+    job = defs.resolve_implicit_global_asset_job_def()
+    job.execute_in_process(run_config=COMPACT_RUN_CONFIG, raise_on_error=False)
+    out = capsys.readouterr().out
+    assert "      greeting: hello from the asset\n" in out
+    assert "too chatty" not in out and "RUN_START" not in out and "STEP_START" not in out  # DEBUG events hidden
+    assert "ValueError: the reason it broke" in out  # failures still show, with their error

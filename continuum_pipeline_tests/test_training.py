@@ -181,3 +181,20 @@ def test_packages_import_without_torch():
             "continuum_pipeline.training.base_model, continuum_pipeline.serving.generate; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_pipes_progress_reports_start_about_every_tenth_and_end():
+    from continuum_pipeline.training.pipes_job import progress_reporter
+
+    lines: list[str] = []
+    report = progress_reporter(lines.append)
+    report("start", {"train_rows": 90, "eval_rows": 10, "base_model": "/models/base"})
+    for step in range(10, 201, 10):  # the trainer logs every 10 steps
+        report("log", {"step": step, "max_steps": 200, "loss": 1.0 / step})
+    report("log", {"step": 200, "max_steps": 200, "train_runtime": 3.0})  # the trainer's summary: no loss
+    report("end", {"seconds": 4.2, "metrics": {"train_loss_final": 0.005, "eval_loss": 0.01}})
+    assert lines[0] == "training on 90 rows (10 validation) from /models/base"
+    steps = [int(line.split()[1].split("/")[0]) for line in lines[1:-1]]
+    assert steps == [10, 30, 50, 70, 90, 110, 130, 150, 170, 190]  # ~10%, not every log
+    assert lines[1] == "step 10/200 loss 0.1000"
+    assert lines[-1] == "done in 4s: final loss 0.0050, validation loss 0.0100"

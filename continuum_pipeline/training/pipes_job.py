@@ -14,17 +14,16 @@ from pathlib import Path
 
 def progress_reporter(say: Callable[[str], None], every: float = 0.1) -> Callable[[str, dict], None]:
     """Turns SFT progress events into short lines: start, about every 10% of the steps, end."""
-    next_share = 0.0
+    next_step = 0
 
     def report(event: str, info: dict) -> None:
-        nonlocal next_share
+        nonlocal next_step
         if event == "start":
             say(f"training on {info['train_rows']} rows ({info['eval_rows']} validation) from {info['base_model']}")
         elif event == "log" and "loss" in info and info.get("max_steps"):
-            share = info["step"] / info["max_steps"]
-            if share >= next_share:
+            if info["step"] >= next_step:
                 say(f"step {info['step']}/{info['max_steps']} loss {info['loss']:.4f}")
-                next_share = share + every
+                next_step = info["step"] + max(1, round(every * info["max_steps"]))
         elif event == "end":
             metrics = info["metrics"]
             say(f"done in {info['seconds']:.0f}s: final loss {metrics.get('train_loss_final', float('nan')):.4f}"
