@@ -44,9 +44,11 @@ def _instance():
 def run_job(name: str, instance=None, tags: dict[str, str] | None = None):
     """Run one of the code location's jobs in this process, recorded in the persisted instance (visible in the UI)."""
     from continuum_pipeline.definitions import build_definitions
+    from continuum_pipeline.defs.loggers import COMPACT_RUN_CONFIG
 
     job = build_definitions().resolve_job_def(name)
-    result = job.execute_in_process(instance=instance or _instance(), tags=tags or {}, raise_on_error=True)
+    result = job.execute_in_process(run_config=COMPACT_RUN_CONFIG, instance=instance or _instance(), tags=tags or {},
+                                    raise_on_error=True)
     return result
 
 
