@@ -198,3 +198,13 @@ def test_pipes_progress_reports_start_about_every_tenth_and_end():
     assert steps == [10, 30, 50, 70, 90, 110, 130, 150, 170, 190]  # ~10%, not every log
     assert lines[1] == "step 10/200 loss 0.1000"
     assert lines[-1] == "done in 4s: final loss 0.0050, validation loss 0.0100"
+
+
+def test_milestones_fire_first_then_every_share_and_at_the_end():
+    from continuum_pipeline.progress import Milestones
+
+    quarters = Milestones(0.25)
+    assert [done for done in range(64, 751, 64) if quarters.due(done, 750)] == [64, 256, 448, 640]
+    assert quarters.due(750, 750)  # the end always reports when at_end
+    quiet_end = Milestones(0.5, at_end=False)
+    assert [done for done in (1, 2, 5, 6, 7) if quiet_end.due(done, 7)] == [1, 5]  # no extra line at 7 of 7

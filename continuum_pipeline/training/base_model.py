@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from continuum_pipeline.progress import Milestones
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
@@ -179,7 +181,7 @@ def pretrain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, convers
     )
     generator = torch.Generator().manual_seed(config.seed)
     model.train()
-    step, losses, started, next_report = 0, [], time.monotonic(), total / 10
+    step, losses, started, report = 0, [], time.monotonic(), Milestones(0.1)
     while step < total:
         drills = copy_drills(vocab_texts, n_drills, seed=config.seed * 100_003 + len(losses))
         epoch_rows = rows + assistant_batches(tokenizer, drills, config.max_position_embeddings)
@@ -198,10 +200,9 @@ def pretrain(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, convers
             optimizer.zero_grad(set_to_none=True)
             step, epoch_loss, batches = step + 1, epoch_loss + loss.item(), batches + 1
         losses.append(epoch_loss / max(batches, 1))
-        if step >= next_report or step >= total:  # about every 10% of the steps
+        if report.due(step, total):
             say(f"pre-training: step {step}/{total}, epoch {len(losses)}, loss {losses[-1]:.4f}, "
                 f"{time.monotonic() - started:.0f}s")
-            next_report = step + total / 10
     model.eval()
     return losses
 

@@ -11,19 +11,19 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from continuum_pipeline.progress import Milestones
+
 
 def progress_reporter(say: Callable[[str], None], every: float = 0.1) -> Callable[[str, dict], None]:
     """Turns SFT progress events into short lines: start, about every 10% of the steps, end."""
-    next_step = 0
+    steps = Milestones(every, at_end=False)  # the "end" line closes the run
 
     def report(event: str, info: dict) -> None:
-        nonlocal next_step
         if event == "start":
             say(f"training on {info['train_rows']} rows ({info['eval_rows']} validation) from {info['base_model']}")
         elif event == "log" and "loss" in info and info.get("max_steps"):
-            if info["step"] >= next_step:
+            if steps.due(info["step"], info["max_steps"]):
                 say(f"step {info['step']}/{info['max_steps']} loss {info['loss']:.4f}")
-                next_step = info["step"] + max(1, round(every * info["max_steps"]))
         elif event == "end":
             metrics = info["metrics"]
             say(f"done in {info['seconds']:.0f}s: final loss {metrics.get('train_loss_final', float('nan')):.4f}"

@@ -4,6 +4,7 @@ import dagster as dg
 
 from continuum_pipeline.defs.metadata import markdown_table, table_rows
 from continuum_pipeline.defs.resources import JudgeEndpointResource, LakeResource, ScenarioResource
+from continuum_pipeline.progress import Milestones
 
 
 @dg.asset(group_name="labels", deps=["interactions"], kinds={"iceberg", "python"}, pool="continuum_labels",
@@ -16,14 +17,12 @@ def reward_labels(context: dg.AssetExecutionContext, lake: LakeResource, scenari
 
     judges = [j for j in (scenario.verifier(), judge_endpoint.judge()) if j is not None]
     the_lake = lake.lake()
-    quarters: dict[str, int] = {}
+    quarters: dict[str, Milestones] = {}  # a line per quarter of each judge's work, not per batch
 
-    def progress(event: str, info: dict) -> None:  # a line per quarter of each judge's work, not per batch
-        if event == "judged" and info.get("total"):
-            quarter = 4 * info["done"] // info["total"]
-            if quarters.get(info["judge"]) == quarter:
-                return
-            quarters[info["judge"]] = quarter
+    def progress(event: str, info: dict) -> None:
+        if event == "judged" and not quarters.setdefault(info["judge"], Milestones(0.25)).due(info["done"],
+                                                                                               info["total"]):
+            return
         context.log.info(f"labels {event}: {info}")
 
     report = label_interactions(the_lake, judges, progress=progress)
