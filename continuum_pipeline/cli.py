@@ -41,14 +41,16 @@ def _instance():
     return dg.DagsterInstance.get()
 
 
-def run_job(name: str, instance=None, tags: dict[str, str] | None = None):
-    """Run one of the code location's jobs in this process, recorded in the persisted instance (visible in the UI)."""
+def run_job(name: str, instance=None, tags: dict[str, str] | None = None, settings: Settings | None = None,
+            raise_on_error: bool = True):
+    """Run one of the code location's jobs in this process, recorded in the persisted instance (visible in the UI),
+    printing through the compact console logger."""
     from continuum_pipeline.definitions import build_definitions
     from continuum_pipeline.defs.loggers import COMPACT_RUN_CONFIG
 
-    job = build_definitions().resolve_job_def(name)
+    job = build_definitions(settings).resolve_job_def(name)
     result = job.execute_in_process(run_config=COMPACT_RUN_CONFIG, instance=instance or _instance(), tags=tags or {},
-                                    raise_on_error=True)
+                                    raise_on_error=raise_on_error)
     return result
 
 

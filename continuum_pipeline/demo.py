@@ -42,21 +42,11 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def _definitions(settings: Settings):
-    from continuum_pipeline.definitions import build_definitions
-
-    return build_definitions(settings)
-
-
 def _run(settings: Settings, job: str, tags: dict[str, str] | None = None) -> bool:
-    import dagster as dg
-
-    from continuum_pipeline.defs.loggers import COMPACT_RUN_CONFIG
+    from continuum_pipeline.cli import run_job
 
     started = time.perf_counter()
-    result = _definitions(settings).resolve_job_def(job).execute_in_process(
-        run_config=COMPACT_RUN_CONFIG, instance=dg.DagsterInstance.get(),
-        tags={"continuum/source": "demo", **(tags or {})}, raise_on_error=False)
+    result = run_job(job, tags={"continuum/source": "demo", **(tags or {})}, settings=settings, raise_on_error=False)
     _say(f"    {job}: {'ok' if result.success else 'FAILED'} in {time.perf_counter() - started:.0f}s")
     return result.success
 
@@ -199,13 +189,12 @@ def learning_curve(settings: Settings, desk) -> list[dict]:
     from continuum_pipeline.registry import models
 
     lake = Lake.from_settings(settings)
-    items = golden.examples(golden.golden_table(desk, settings.scenario_phase))
-    if settings.scenario_phase == "after":
-        # The changed intents as they were before the change too: shows what v1 had learned before it went stale.
-        items += [GoldenExample(ex.golden_id + "@before", ("changed_intents_before",), ex.messages, ex.metadata)
-                  for ex in golden.examples(golden.golden_table(desk, "before"))
-                  if ex.metadata["intent"] in desk.changed_intents]
-    scored = [ex for ex in items if not ex.golden_id.endswith("@before")]
+    scored = golden.examples(golden.golden_table(desk, settings.scenario_phase))
+    # After the change, the changed intents are also asked for their old answers: what v1 knew before it went stale.
+    old = [] if settings.scenario_phase != "after" else [
+        GoldenExample(ex.golden_id, ("changed_intents_before",), ex.messages, ex.metadata)
+        for ex in golden.examples(golden.golden_table(desk, "before")) if ex.metadata["intent"] in desk.changed_intents]
+    items = scored + old
     rewards = _production(lake)
     rows = []
     teacher = {phase: desk.teacher_serve(phase, seed=12345) for phase in ("before", "after")}
@@ -225,8 +214,7 @@ def learning_curve(settings: Settings, desk) -> list[dict]:
         served = rewards.get("teacher" if name == "teacher" else name.removeprefix("v"), {})
         who = "teacher" if name == "teacher" else "student"
         tokens = sum(desk.estimated_tokens(m["content"]) for ex in scored for m in ex.messages) / len(scored)
-        out_tokens = sum(desk.estimated_tokens(a) for a, ex in zip(answers, items, strict=True)
-                         if ex in scored) / len(scored)
+        out_tokens = sum(desk.estimated_tokens(a) for a in answers[:len(scored)]) / len(scored)
         rows.append({"model": name, "unchanged_intents": rates.get("unchanged_intents"),
                      "changed_intents": rates.get("changed_intents"),
                      "changed_intents_before": rates.get("changed_intents_before"), "all": rates.get("all"),
