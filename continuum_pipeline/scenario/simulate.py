@@ -28,6 +28,7 @@ from continuum_pipeline.scenario.spec import (
 )
 
 Serve = Callable[[list[list[dict]]], list[str]]
+CORPUS_VALUES = 64  # slot values per template in the tokenizer corpus: enough; generated pools hold hundreds
 
 
 @dataclass(frozen=True)
@@ -268,10 +269,9 @@ class SupportDesk:
             answers = {self.scenario.answer(intent.name, phase) for phase in ("before", "after")}
             for template in [*intent.questions, *intent.golden_questions, *sorted(answers)]:
                 pools = {s: intent.slots[s].golden + intent.slots[s].train for s in template_slots(template)}
-                # Up to 64 renderings per template: enough for the tokenizer; generated pools hold hundreds.
-                for k in range(min(64, max((len(p) for p in pools.values()), default=1))):
+                for k in range(min(CORPUS_VALUES, max((len(p) for p in pools.values()), default=1))):
                     texts.append(template.format(**{s: p[k % len(p)] for s, p in pools.items()}))
-            texts.extend(v for pool in intent.slots.values() for v in pool.train[:64] + pool.golden)
+            texts.extend(v for pool in intent.slots.values() for v in pool.train[:CORPUS_VALUES] + pool.golden)
         return list(dict.fromkeys(texts))
 
     # --- cost ----------------------------------------------------------------------------------------
