@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections import Counter
+from datetime import timedelta
+from types import SimpleNamespace
 
 import pyarrow.compute as pc
 import pytest
 
 from continuum_pipeline.capture.landing import list_segments
 from continuum_pipeline.lake.catalog import Lake
-from continuum_pipeline.lake.ingest import LEDGER_PROPERTY, ingest_landing
+from continuum_pipeline.lake.ingest import LEDGER_PROPERTY, _next_ledger, ingest_landing, read_ledger
 
 from .conftest import REPO_ROOT, feedback, interaction, write_segment
 
@@ -108,10 +111,23 @@ def test_concurrent_ingest_commits_first_and_ours_retries_without_doubling(lake,
     assert counts(lake) == {"interactions": n_i, "feedback_events": n_f, "quarantine": n_q}
 
 
-def test_ledger_holds_only_segments_still_in_landing(lake, settings):
+def test_ledger_keeps_archived_segments_for_the_grace_then_forgets_them(lake, settings):
     fill_landing(settings.landing_dir, segments=2, per_segment=5)
     ingest_landing(lake, settings.landing_dir)
     write_segment(settings.landing_dir, "20261130T000000Z-later", [interaction(77777)])
     ingest_landing(lake, settings.landing_dir)
-    ledger = lake.table("interactions").properties[LEDGER_PROPERTY]
-    assert "later" in ledger and "seg0" not in ledger
+    ledger = read_ledger(lake.table("interactions"))
+    assert ledger["20261130T000000Z-later.jsonl"] is None  # in landing when committed
+    assert ledger["20261120T000000Z-seg0.jsonl"] == pytest.approx(time.time(), abs=5)  # archived: gone since now
+    write_segment(settings.landing_dir, "20261201T000000Z-last", [interaction(88888)])
+    ingest_landing(lake, settings.landing_dir, ledger_grace=timedelta(0))  # as if the grace had passed
+    assert read_ledger(lake.table("interactions")) == {"20261201T000000Z-last.jsonl": None}
+
+
+def test_ledger_entry_outlives_its_segment_by_the_grace():
+    ledger = {"stays": None, "leaves": None, "gone": 1000}
+    ledger = _next_ledger(ledger, {"new"}, {"stays", "new"}, now=1899.5, grace=900)
+    assert ledger == {"stays": None, "leaves": 1899, "gone": 1000, "new": None}  # "leaves" first found gone
+    ledger = _next_ledger(ledger, {"newer"}, {"stays", "newer"}, now=1900.0, grace=900)
+    assert ledger == {"stays": None, "leaves": 1899, "new": 1900, "newer": None}  # "gone" for 900 s: dropped
+    assert read_ledger(SimpleNamespace(properties={LEDGER_PROPERTY: '["a"]'})) == {"a": None}  # the old format

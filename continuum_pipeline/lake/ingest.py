@@ -1,12 +1,31 @@
-"""Landing segments → Iceberg rows, exactly once.
+"""Landing segments → Iceberg rows, exactly once, whatever crashes and however many runs overlap.
 
 Each lake table keeps a ledger — the landing segments whose rows it already holds — as a table
-property written in the same Iceberg commit as those rows. A segment is archived (moved to
-landing/archive/) only after every table that gets rows from it has committed. So:
+property written in the same Iceberg commit as those rows. Every commit is conditional on the snapshot
+whose ledger it read (the append asserts the branch head, and the ledger never changes without a new
+snapshot), so a conflicting commit re-reads the ledger and decides again. A segment is archived (moved
+to landing/archive/) only after every table that gets rows from it has committed. So:
 - a crash before a table's commit leaves no rows and no ledger entry: the rerun appends them;
 - a crash after it leaves rows and ledger entry together: the rerun skips that table for the segment;
 - a crash after all commits but before archiving: the rerun finds every table done and archives.
-The ledger holds only segments still in landing (archived ones are pruned), so it stays small.
+
+Overlapping runs. The ledger must not grow forever, yet a run that listed a segment may commit long
+after another run ingested, archived and pruned it (issue #7: a stalled run re-appended them all).
+- After reading the ledger, a run appends a segment missing from it only if the segment is still in
+  landing and not in landing/archive/; otherwise another run has ingested it (archiving follows every
+  commit) and its rows are skipped. An entry is dropped only by a commit that, listing landing *after*
+  reading the ledger, found the segment gone, i.e. archived. So when a run reads a ledger without S and
+  then still sees S in landing, nobody has committed S: had someone, S would be in that ledger, since a
+  commit that dropped it must have seen S gone before our read. No time bound, lease or cleanup needed.
+- An entry is dropped not when first found gone but `ledger_grace` (15 min) later: a margin for a
+  landing folder on a filesystem shared by run workers, whose clients may see a rename late (NFS
+  attribute caches: up to a minute), and for clock skew between them.
+- An archived segment dropped into landing again (same name) is skipped for as long as the archive
+  keeps it; names carry a timestamp and a random suffix, so only a copy of the segment shares its name.
+The ledger thus holds the segments still in landing plus those archived within the grace: it stays as
+small as the landing backlog. Claiming segments instead (renaming them into a per-run folder) would
+still need this ledger for crash recovery, and a lease to tell a dead claimant from a slow one, whose
+expiry on a slow run brings the double back.
 """
 
 from __future__ import annotations
@@ -19,7 +38,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -33,6 +52,7 @@ from continuum_pipeline.lake.schemas import INGEST_TABLES
 log = logging.getLogger(__name__)
 
 LEDGER_PROPERTY = "continuum.ingest.ledger"
+LEDGER_GRACE = timedelta(minutes=15)
 COMMIT_ATTEMPTS = 5
 
 # Progress events, in order: listed, normalized, data_files_written:<table>, committed:<table>, archived.
@@ -44,7 +64,8 @@ Progress = Callable[[str, dict], None]
 class TableCommit:
     table: str
     rows: int = 0
-    skipped_rows: int = 0  # rows of segments this table already held (a rerun after a crash)
+    skipped_rows: int = 0  # rows of segments already held: a rerun after a crash, or another run was first
+    skipped_segments: int = 0
     snapshot_id: int | None = None
 
 
@@ -63,15 +84,18 @@ class IngestReport:
         return commit.rows if commit else 0
 
 
-def read_ledger(table) -> set[str]:
-    return set(json.loads(table.properties.get(LEDGER_PROPERTY, "[]")))
+def read_ledger(table) -> dict[str, float | None]:
+    """The table's ledger: segment → None while in landing, else when a commit first found it gone (epoch s)."""
+    ledger = json.loads(table.properties.get(LEDGER_PROPERTY, "{}"))
+    return dict.fromkeys(ledger) if isinstance(ledger, list) else ledger  # a list: written before gone times
 
 
 def ingest_landing(lake: Lake, landing: Path, *, max_segments: int = 2000, max_bytes: int = 512 << 20,
                    max_record_bytes: int = 1 << 20, progress: Progress | None = None,
-                   run_id: str | None = None) -> IngestReport:
+                   run_id: str | None = None, ledger_grace: timedelta = LEDGER_GRACE) -> IngestReport:
     """Ingest waiting landing segments (up to `max_segments` and about `max_bytes`) into interactions,
-    feedback_events and quarantine; whatever is left waits for the next run."""
+    feedback_events and quarantine; whatever is left waits for the next run. `ledger_grace`: how long a
+    ledger entry outlives its segment's archiving (see the module docstring)."""
     started = time.perf_counter()
     emit = progress or (lambda event, info: None)
     lake.ensure_tables()
@@ -103,18 +127,18 @@ def ingest_landing(lake: Lake, landing: Path, *, max_segments: int = 2000, max_b
     }
     emit("normalized", {name: t.num_rows for name, t in rows.items()})
 
-    present_set = set(present)
     summary = {"continuum.segments": str(len(batch)), "continuum.first-segment": batch[0],
                "continuum.last-segment": batch[-1]}
     if run_id:
         summary["continuum.dagster-run-id"] = run_id
     for name in INGEST_TABLES:
-        report.commits[name] = _commit_exactly_once(lake, name, rows[name], present_set, summary, emit)
+        report.commits[name] = _commit_exactly_once(lake, name, rows[name], landing, summary, emit, ledger_grace)
 
     archive = landing / ARCHIVE_DIR
     archive.mkdir(parents=True, exist_ok=True)
     for name in batch:
-        # a concurrent run may have archived it already, after committing the same rows (our commit was a no-op)
+        # Gone: a concurrent run archived it after committing the same rows (we skipped them). Also in the
+        # archive: it was dropped into landing again, so the copy replaces the identical archived one.
         with contextlib.suppress(FileNotFoundError):
             os.replace(landing / name, archive / name)
     emit("archived", {"segments": len(batch)})
@@ -122,25 +146,26 @@ def ingest_landing(lake: Lake, landing: Path, *, max_segments: int = 2000, max_b
     return report
 
 
-def _commit_exactly_once(lake: Lake, name: str, rows: pa.Table, present: set[str], summary: dict[str, str],
-                         emit: Progress) -> TableCommit:
+def _commit_exactly_once(lake: Lake, name: str, rows: pa.Table, landing: Path, summary: dict[str, str],
+                         emit: Progress, grace: timedelta) -> TableCommit:
     from pyiceberg.exceptions import CommitFailedException
 
     result = TableCommit(name)
+    segments = set(pc.unique(rows["segment"]).to_pylist()) if rows.num_rows else set()
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
-        table = lake.table(name)
+        table = lake.table(name)  # the commit below is conditional on this snapshot, so on this ledger
         ledger = read_ledger(table)
-        done = pc.is_in(rows["segment"], pa.array(sorted(ledger), pa.string())) if ledger else None
-        todo = rows.filter(pc.invert(done)) if done is not None else rows
-        new_segments = set(pc.unique(todo["segment"]).to_pylist()) if todo.num_rows else set()
-        result.skipped_rows = rows.num_rows - todo.num_rows
-        if not new_segments:
-            emit(f"committed:{name}", {"rows": 0, "skipped": result.skipped_rows})
+        new = {s for s in segments - ledger.keys() if not _ingested_elsewhere(landing, s)}  # after reading it
+        todo = rows if new == segments else rows.filter(pc.is_in(rows["segment"], pa.array(sorted(new), pa.string())))
+        result.skipped_rows, result.skipped_segments = rows.num_rows - todo.num_rows, len(segments - new)
+        if not new:
+            emit(f"committed:{name}", {"rows": 0, "skipped": result.skipped_rows,
+                                       "skipped_segments": result.skipped_segments})
             return result
-        pruned = sorted((ledger & present) | new_segments)
+        entries = _next_ledger(ledger, new, set(list_segments(landing)), time.time(), grace.total_seconds())
         txn = table.transaction()
         txn.append(todo, snapshot_properties=summary)
-        txn.set_properties({LEDGER_PROPERTY: json.dumps(pruned, separators=(",", ":"))})
+        txn.set_properties({LEDGER_PROPERTY: json.dumps(entries, separators=(",", ":"))})
         emit(f"data_files_written:{name}", {"rows": todo.num_rows})
         try:
             committed = txn.commit_transaction()
@@ -155,3 +180,24 @@ def _commit_exactly_once(lake: Lake, name: str, rows: pa.Table, present: set[str
         return result
     raise RuntimeError(f"could not commit to lake table {name!r} after {COMMIT_ATTEMPTS} attempts: other writers kept "
                        "committing first; rerun the ingest (nothing was lost or doubled)")
+
+
+def _ingested_elsewhere(landing: Path, segment: str) -> bool:
+    """A segment missing from the ledger just read was ingested by another run if it left landing (archiving
+    follows every commit) or is in the archive (dropped into landing again)."""
+    return not (landing / segment).exists() or (landing / ARCHIVE_DIR / segment).exists()
+
+
+def _next_ledger(ledger: dict[str, float | None], new: set[str], in_landing: set[str], now: float,
+                 grace: float) -> dict[str, float | None]:
+    """The ledger to commit: `new` added; an entry stays while its segment is in landing (listed after the
+    ledger was read) and for `grace` seconds after a commit first found it gone."""
+    entries: dict[str, float | None] = {}
+    for segment, gone in sorted(ledger.items()):
+        if segment in in_landing:
+            entries[segment] = None
+            continue
+        gone = int(now) if gone is None else gone  # first found gone: the grace starts
+        if now - gone < grace:
+            entries[segment] = gone
+    return entries | dict.fromkeys(sorted(new))
