@@ -9,12 +9,20 @@
 Each POST /v1/chat/completions is answered by the next queued reply, else by `handler(request)`, else by
 `chat(messages)`; with none of them (or when one raises) it answers 500 with `x-should-retry: false`, so a
 test fails fast instead of retrying, and the problem is kept in `.errors`. GET /v1/models lists `models`.
-Streaming requests (`"stream": true`) get server-sent events.
+Streaming requests (`"stream": true`) get server-sent events. Every reply carries token `usage` (words
+counted as tokens). JSON-mode requests (`response_format` json_object or json_schema) expose the schema
+they ask for as `request.json_schema` (from `response_format`, or from the prompt where clients such as
+instructor put it), so a handler can answer with a matching object (`example_for_schema` fills one in).
+POST /v1/embeddings answers with `embed(text)` per input, by default a deterministic bag-of-words vector
+(texts sharing words have a high cosine similarity).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import re
 import threading
 import time
 from collections import deque
@@ -69,17 +77,86 @@ class RecordedRequest:
         return "\n".join(m["content"] if isinstance(m.get("content"), str) else json.dumps(m.get("content"))
                          for m in self.messages)
 
+    @property
+    def response_format(self) -> dict | None:
+        fmt = self.body.get("response_format") if isinstance(self.body, dict) else None
+        return fmt if isinstance(fmt, dict) else None
+
+    @property
+    def json_mode(self) -> bool:
+        return (self.response_format or {}).get("type") in ("json_object", "json_schema")
+
+    @property
+    def json_schema(self) -> dict | None:
+        """The JSON schema the client asked for: `response_format.json_schema.schema`, else the first JSON
+        object after "json_schema" in a message (instructor's JSON mode states it in the system prompt)."""
+        fmt = self.response_format or {}
+        if fmt.get("type") == "json_schema":
+            return (fmt.get("json_schema") or {}).get("schema")
+        if not self.json_mode:
+            return None
+        for message in self.messages:
+            content = message.get("content")
+            if isinstance(content, str) and (at := content.find("json_schema")) >= 0:
+                start = content.find("{", at)
+                try:
+                    schema, _ = json.JSONDecoder().raw_decode(content, start)
+                except ValueError:
+                    continue
+                if isinstance(schema, dict):
+                    return schema
+        return None
+
+
+def example_for_schema(schema: dict, overrides: dict | None = None, *, root: dict | None = None) -> Any:
+    """A minimal instance of a JSON schema (objects, arrays, scalars, enums, $ref/$defs, anyOf), with
+    `overrides` replacing top-level properties: enough to answer a structured-output request."""
+    root = root or schema
+    if "$ref" in schema:
+        target: Any = root
+        for part in schema["$ref"].lstrip("#/").split("/"):
+            target = target[part]
+        return example_for_schema(target, overrides, root=root)
+    if "enum" in schema:
+        return schema["enum"][0]
+    if "const" in schema:
+        return schema["const"]
+    if "default" in schema and not overrides:
+        return schema["default"]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if key in schema:
+            options = [o for o in schema[key] if o.get("type") != "null"] or schema[key]
+            return example_for_schema(options[0], overrides, root=root)
+    kind = schema.get("type", "object")
+    if kind == "object":
+        out = {name: example_for_schema(prop, root=root) for name, prop in schema.get("properties", {}).items()}
+        return {**out, **(overrides or {})}
+    if kind == "array":
+        return [example_for_schema(schema["items"], root=root)] if schema.get("minItems") else []
+    return {"string": "", "integer": 0, "number": 0.0, "boolean": False, "null": None}.get(kind)
+
+
+def bag_of_words_embedding(text: str, dims: int = 64) -> list[float]:
+    """Deterministic unit vector: each word adds to a hashed dimension."""
+    vector = [0.0] * dims
+    for word in re.findall(r"\w+", text.casefold()):
+        vector[int(hashlib.md5(word.encode()).hexdigest(), 16) % dims] += 1.0
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [v / norm for v in vector]
+
 
 Chat = Callable[[list[dict]], "str | Reply"]
 Handler = Callable[[RecordedRequest], "str | Reply"]
+Embed = Callable[[str], list[float]]
 
 
 class OpenAIServer:
     """Context manager running the server on 127.0.0.1 (a free port) in a background thread."""
 
     def __init__(self, chat: Chat | None = None, *, handler: Handler | None = None,
-                 replies: Iterable[Reply | str] = (), models: Iterable[str] = ("test-model",)):
-        self.chat, self.handler, self.models = chat, handler, tuple(models)
+                 replies: Iterable[Reply | str] = (), models: Iterable[str] = ("test-model",),
+                 embed: Embed = bag_of_words_embedding):
+        self.chat, self.handler, self.models, self.embed = chat, handler, tuple(models), embed
         self._queue: deque[Reply | str] = deque(replies)
         self._requests: list[RecordedRequest] = []
         self.errors: list[str] = []
@@ -118,6 +195,10 @@ class OpenAIServer:
     @property
     def chat_requests(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path.endswith("/chat/completions")]
+
+    @property
+    def embedding_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path.endswith("/embeddings")]
 
     def push(self, *replies: Reply | str) -> None:
         """Queue replies for the next chat completion requests, in order."""
@@ -183,6 +264,17 @@ def _completion(server: OpenAIServer, request: RecordedRequest, reply: Reply) ->
     return events.encode(), "text/event-stream"
 
 
+def _embeddings(server: OpenAIServer, request: RecordedRequest) -> bytes:
+    inputs = request.body.get("input")
+    texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
+    if not all(isinstance(t, str) for t in texts):
+        raise ValueError("this server embeds text inputs only, not token ids")
+    data = [{"object": "embedding", "index": i, "embedding": server.embed(t)} for i, t in enumerate(texts)]
+    tokens = sum(len(t.split()) for t in texts)
+    return json.dumps({"object": "list", "data": data, "model": request.model or server.models[0],
+                       "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}).encode()
+
+
 def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
     class _Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as the SDK's connection pool expects from real servers
@@ -228,11 +320,21 @@ def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             request = self._request()
-            if self.path.rstrip("/") != "/v1/chat/completions":
+            path = self.path.rstrip("/")
+            if path not in ("/v1/chat/completions", "/v1/embeddings"):
                 return self._not_found()
             if not isinstance(request.body, dict):
                 return self._send(400, json.dumps({"error": {"message": "body is not a JSON object",
                                                              "type": "invalid_request_error"}}).encode())
+            if path == "/v1/embeddings":
+                try:
+                    return self._send(200, _embeddings(server, request))
+                except Exception as exc:
+                    message = f"OpenAIServer could not embed: {type(exc).__name__}: {exc}"
+                    with server._lock:
+                        server.errors.append(message)
+                    return self._send(400, json.dumps({"error": {"message": message,
+                                                                 "type": "invalid_request_error"}}).encode())
             reply = server._decide(request)
             if reply.delay:
                 server._closing.wait(reply.delay)

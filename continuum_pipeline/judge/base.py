@@ -12,7 +12,7 @@ RAW_PREVIEW_CHARS = 500
 
 @dataclass(frozen=True)
 class JudgeInput:
-    """One captured interaction, as a judge sees it."""
+    """One captured interaction (or golden-set item), as a judge sees it."""
 
     interaction_id: str
     prompt: str | None
@@ -20,6 +20,21 @@ class JudgeInput:
     response: str | None
     metadata: dict  # free-form JSON from capture, e.g. {"intent": ..., "slots": ...}
     contexts: list[str] | None = None
+    # The known right answer (or the accepted answers), where there is one: golden-set items, and
+    # interactions whose app captured `metadata["reference"]`.
+    reference: str | list[str] | None = None
+
+    @property
+    def user_input(self) -> str | None:
+        """The question being answered: the last user message, else the prompt."""
+        for message in reversed(self.messages or []):
+            if message.get("role") == "user":
+                content = message.get("content")
+                if isinstance(content, list):  # multimodal content: its text parts
+                    content = "\n".join(p.get("text", "") for p in content if isinstance(p, dict))
+                if content:
+                    return str(content)
+        return self.prompt
 
 
 @dataclass(frozen=True)
@@ -50,7 +65,20 @@ class Judge(Protocol):
 
 
 class JudgeError(RuntimeError):
-    """A judge could not produce a usable verdict (after its retries)."""
+    """A judge could not produce a usable verdict (after its retries); the item stays unlabelled and is
+    tried again next run."""
+
+
+class BudgetExhausted(JudgeError):
+    """The judge's cost budget for this run is spent: it starts no new request, the rest waits for the next run."""
+
+
+class JudgeConfigError(ValueError):
+    """A judge's configuration cannot be built: `field` names the setting, the message says the fix."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field}: {problem}")
+        self.field, self.problem = field, problem
 
 
 def weighted_mean(criteria: Sequence[CriterionScore]) -> float:

@@ -11,26 +11,53 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from continuum_pipeline.judge.base import Judge, JudgeError, JudgeInput, Verdict
-from continuum_pipeline.lake.catalog import Lake
+from continuum_pipeline.judge.base import BudgetExhausted, Judge, JudgeError, JudgeInput, Verdict
 from continuum_pipeline.lake.schemas import LEARNING_LAYOUTS, REWARD_LABELS
 
+if TYPE_CHECKING:
+    from continuum_pipeline.lake.catalog import Lake
+
 log = logging.getLogger(__name__)
-CHUNK = 64  # judge calls per chunk: progress and failure isolation without one request per row
+CHUNK = 64  # items per chunk at least: progress and failure isolation without one call per row
+# A concurrent judge gets this many items per worker in a chunk, so its threads are not left idle
+# waiting for a chunk's slowest request more often than every 16 requests.
+ITEMS_PER_WORKER = 16
 
 
 @dataclass
 class LabelReport:
-    labelled: dict[str, int] = field(default_factory=dict)  # judge → interactions labelled this run
-    failed: dict[str, int] = field(default_factory=dict)  # judge → interactions left for the next run
+    """Per judge name: what this run did. Failed and over-budget interactions stay unlabelled and are
+    judged again next run; spend, requests and cache hits count this run only."""
+
+    labelled: dict[str, int] = field(default_factory=dict)  # interactions labelled this run
+    failed: dict[str, int] = field(default_factory=dict)  # the judge could not score them (JudgeError)
+    over_budget: dict[str, int] = field(default_factory=dict)  # not judged: the cost budget was spent
     already_labelled: dict[str, int] = field(default_factory=dict)
     mean_score: dict[str, float] = field(default_factory=dict)
+    spent_usd: dict[str, float] = field(default_factory=dict)
+    requests: dict[str, int] = field(default_factory=dict)  # HTTP requests sent, retries included
+    cache_hits: dict[str, int] = field(default_factory=dict)  # verdicts served from the cache, free
+    budget_stop: dict[str, str] = field(default_factory=dict)  # why a judge stopped early, when it did
     interactions_snapshot_id: int | None = None
     snapshot_id: int | None = None
+
+
+@dataclass
+class JudgeRun:
+    """One judge over a list of items: its verdicts, and what it left for the next run."""
+
+    verdicts: list[Verdict] = field(default_factory=list)
+    failed: int = 0
+    over_budget: int = 0
+    budget_stop: str | None = None
+    spent_usd: float = 0.0
+    requests: int = 0
+    cache_hits: int = 0
 
 
 def label_interactions(lake: Lake, judges: Sequence[Judge], *, limit: int | None = None,
@@ -56,8 +83,14 @@ def label_interactions(lake: Lake, judges: Sequence[Judge], *, limit: int | None
         if limit is not None:
             todo = todo.slice(0, limit)
         report.already_labelled[judge.name] = interactions.num_rows - todo.num_rows
-        verdicts, failed = _judge_all(judge, [_as_input(r) for r in todo.to_pylist()], emit)
-        report.labelled[judge.name], report.failed[judge.name] = len(verdicts), failed
+        run = judge_items(judge, [_as_input(r) for r in todo.to_pylist()], emit)
+        verdicts = run.verdicts
+        report.labelled[judge.name], report.failed[judge.name] = len(verdicts), run.failed
+        report.over_budget[judge.name] = run.over_budget
+        report.spent_usd[judge.name], report.requests[judge.name] = run.spent_usd, run.requests
+        report.cache_hits[judge.name] = run.cache_hits
+        if run.budget_stop:
+            report.budget_stop[judge.name] = run.budget_stop
         if verdicts:
             report.mean_score[judge.name] = sum(v.score for v in verdicts) / len(verdicts)
         rows += [{"interaction_id": v.interaction_id, "judge": v.judge, "judge_version": v.judge_version,
@@ -76,26 +109,75 @@ def _as_input(row: dict) -> JudgeInput:
         metadata = json.loads(row["metadata"]) if row["metadata"] else {}
     except ValueError:
         metadata = {}
+    metadata = metadata if isinstance(metadata, dict) else {}
+    # An app that knows the right answer captures it as metadata["reference"] (one answer or a list).
+    reference = metadata.get("reference")
+    if not (isinstance(reference, str) or (isinstance(reference, list) and all(isinstance(r, str) for r in reference))):
+        reference = None
     return JudgeInput(interaction_id=row["interaction_id"], prompt=row["prompt"], messages=row["messages"],
-                      response=row["response"], metadata=metadata if isinstance(metadata, dict) else {},
-                      contexts=row["contexts"])
+                      response=row["response"], metadata=metadata, contexts=row["contexts"],
+                      reference=reference or None)
 
 
-def _judge_all(judge: Judge, items: list[JudgeInput], emit: Callable[[str, dict], None]) -> tuple[list[Verdict], int]:
-    verdicts: list[Verdict] = []
-    failed = 0
-    for start in range(0, len(items), CHUNK):
-        chunk = items[start:start + CHUNK]
+def judge_items(judge: Judge, items: Sequence[JudgeInput],
+                emit: Callable[[str, dict], None] | None = None) -> JudgeRun:
+    """Judge every item, in chunks (one "judged" progress event each). An item the judge cannot score is
+    counted as failed and skipped; once the judge's cost budget is spent it is not called again, and
+    every item not yet judged is counted as over budget."""
+    emit = emit or (lambda event, info: None)
+    items = list(items)
+    before = _counters(judge)
+    run = JudgeRun()
+    size = max(CHUNK, ITEMS_PER_WORKER * int(getattr(judge, "max_concurrency", 1)))
+    for start in range(0, len(items), size):
+        chunk = items[start:start + size]
+        if getattr(judge, "budget_exhausted", False):
+            run.over_budget += len(items) - start
+            break
+        for item, outcome in zip(chunk, _outcomes(judge, chunk), strict=True):
+            if isinstance(outcome, BudgetExhausted):
+                run.over_budget += 1
+                run.budget_stop = str(outcome)
+            elif isinstance(outcome, JudgeError):
+                run.failed += 1
+                log.warning("judge %s could not label %s: %s", judge.name, item.interaction_id, outcome)
+            else:
+                run.verdicts.append(outcome)
+        emit("judged", {"judge": judge.name, "done": start + len(chunk), "total": len(items)})
+        if run.budget_stop:
+            run.over_budget += len(items) - start - len(chunk)
+            break
+    if run.over_budget and run.budget_stop is None:
+        run.budget_stop = f"judge {judge.name!r}: cost budget reached; the rest are labelled next run"
+    if run.budget_stop:
+        log.warning("%s (%d interactions left)", run.budget_stop, run.over_budget)
+    after = _counters(judge)
+    run.spent_usd, run.requests, run.cache_hits = (a - b for a, b in zip(after, before, strict=True))
+    return run
+
+
+def _counters(judge: Judge) -> tuple[float, int, int]:
+    return (float(getattr(judge, "spent_usd", 0.0)), int(getattr(judge, "requests", 0)),
+            int(getattr(judge, "cache_hits", 0)))
+
+
+def _outcomes(judge: Judge, chunk: list[JudgeInput]) -> list[Verdict | JudgeError]:
+    """One outcome per item: `judge_each` where the judge has it, else the batch, then item by item."""
+    each = getattr(judge, "judge_each", None)
+    if each is not None:
+        return each(chunk)
+    try:
+        return list(judge.judge(chunk))
+    except JudgeError:
+        pass
+    # One unusable verdict must not sink the chunk: judge its items one by one (failures stay unlabelled).
+    out: list[Verdict | JudgeError] = []
+    for item in chunk:
+        if out and isinstance(out[-1], BudgetExhausted):
+            out.append(out[-1])  # no new request once the budget is spent
+            continue
         try:
-            verdicts += judge.judge(chunk)
-        except JudgeError:
-            # One unusable verdict must not sink the chunk: judge its items one by one, skip the failures
-            # (they stay unlabelled, so the next run tries them again).
-            for item in chunk:
-                try:
-                    verdicts += judge.judge([item])
-                except JudgeError as exc:
-                    failed += 1
-                    log.warning("judge %s could not label %s: %s", judge.name, item.interaction_id, exc)
-        emit("judged", {"judge": judge.name, "done": min(start + CHUNK, len(items)), "total": len(items)})
-    return verdicts, failed
+            out += judge.judge([item])
+        except JudgeError as exc:
+            out.append(exc)
+    return out

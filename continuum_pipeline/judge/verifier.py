@@ -75,3 +75,68 @@ def exact_match_check(expected_key: str = "expected") -> Check:
         return 0.0, f"expected {' or '.join(map(repr, accepted))}, got {item.response!r}"[:300]
 
     return check
+
+
+def reference_answers(item: JudgeInput, field: str = "reference") -> list[str]:
+    """The accepted answers for an item: its `reference`, or a dotted path into its metadata
+    (`metadata.expected`, `metadata.answer.text`); one answer or a list of them. Raises KeyError naming
+    what is missing: an item without a known right answer cannot be scored (0.0 would be a wrong label)."""
+    if field == "reference":
+        value = item.reference
+        if value is None:
+            raise KeyError("it has no reference answer (JudgeInput.reference is empty)")
+    else:
+        value = item.metadata
+        for i, part in enumerate(field.split(".")[1:], 1):
+            if not isinstance(value, dict) or part not in value:
+                where = ".".join(field.split(".")[:i])
+                keys = sorted(value) if isinstance(value, dict) else type(value).__name__
+                raise KeyError(f"{where} has no {part!r} (it has {keys})")
+            value = value[part]
+    answers = [str(v) for v in value if v is not None] if isinstance(value, list | tuple) else [str(value)]
+    if not answers:
+        raise KeyError(f"{field} is an empty list of answers")
+    return answers
+
+
+class ReferenceMatchJudge:
+    """Scores 1 when the response matches a known right answer (any of the accepted ones), after
+    `normalize_answer`; one criterion, `exact_match`."""
+
+    criterion = "exact_match"
+
+    def __init__(self, *, name: str = "reference_match", version: str = "1", reference_field: str = "reference"):
+        if reference_field != "reference" and not (reference_field.startswith("metadata.")
+                                                   and all(reference_field.split(".")[1:])):
+            raise ValueError(f"reference_field: expected 'reference' or a dotted path like 'metadata.expected', "
+                             f"got {reference_field!r}")
+        self.name, self.version, self.reference_field = name, version, reference_field
+
+    def judge(self, items: Sequence[JudgeInput]) -> list[Verdict]:
+        return [self._judge_one(item) for item in items]
+
+    def judge_each(self, items: Sequence[JudgeInput]) -> list[Verdict | JudgeError]:
+        out: list[Verdict | JudgeError] = []
+        for item in items:
+            try:
+                out.append(self._judge_one(item))
+            except JudgeError as exc:
+                out.append(exc)
+        return out
+
+    def _judge_one(self, item: JudgeInput) -> Verdict:
+        try:
+            accepted = reference_answers(item, self.reference_field)
+        except KeyError as exc:
+            raise JudgeError(f"judge {self.name!r} v{self.version}: cannot score interaction "
+                             f"{item.interaction_id!r}: {exc.args[0]}") from None
+        if item.response is None:
+            score, rationale = 0.0, "no response"
+        else:
+            got = normalize_answer(item.response)
+            matched = any(normalize_answer(a) == got for a in accepted)
+            score = 1.0 if matched else 0.0
+            rationale = ("matches the reference answer" if matched else
+                         f"expected {' or '.join(map(repr, accepted))}, got {item.response!r}"[:300])
+        return Verdict(item.interaction_id, self.name, self.version, score,
+                       (CriterionScore(self.criterion, score, 1.0, rationale),))
