@@ -13,14 +13,19 @@ import openai
 import pytest
 
 from continuum_pipeline.judge import (
+    BudgetExhausted,
+    CriterionScore,
     Judge,
+    JudgeCache,
     JudgeError,
     JudgeInput,
     LLMJudge,
+    Prices,
     ProgrammaticVerifier,
     RubricCriterion,
     exact_match_check,
 )
+from continuum_pipeline.judge.labeling import judge_items, label_interactions
 from continuum_pipeline_tests.openai_server import OpenAIServer, Reply
 
 RUBRIC = (RubricCriterion("accuracy", "The answer is factually correct for the user's account.", weight=2.0),
@@ -262,3 +267,163 @@ def test_server_fails_fast_when_the_script_runs_out():
         with pytest.raises(openai.InternalServerError, match="no scripted reply"):
             client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
         assert len(server.requests) == 2 and "no scripted reply" in server.errors[0]
+
+
+# --- spend, budget and cache ---
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def expected_cost(server: OpenAIServer, reply: str, input_per_1m: float, output_per_1m: float) -> float:
+    """What the server's `usage` (words as tokens) bills at these prices, request by request."""
+    prompt = sum(words(str(m.get("content", ""))) for r in server.chat_requests for m in r.messages)
+    return (prompt * input_per_1m + len(server.chat_requests) * words(reply) * output_per_1m) / 1e6
+
+
+def test_llm_judge_meters_spend_from_each_responses_usage(server: OpenAIServer):
+    answer = verdict(accuracy=4, tone=5)
+    server.chat = lambda messages: answer
+    judge = llm_judge(server, prices=Prices(input_per_1m_tokens=3.0, output_per_1m_tokens=15.0))
+    assert (judge.spent_usd, judge.requests, judge.budget_exhausted) == (0.0, 0, False)
+    judge.judge([item(i) for i in range(3)])
+    assert judge.requests == 3 and judge.cache_hits == 0
+    assert judge.spent_usd == pytest.approx(expected_cost(server, answer, 3.0, 15.0)) and judge.spent_usd > 0
+
+
+def test_llm_judge_shows_the_reference_answer_when_asked(server: OpenAIServer):
+    server.chat = lambda messages: verdict(accuracy=5, tone=5)
+    with_ref = JudgeInput("r1", "q", None, "Paris", {}, reference=["Paris", "Paris, France"])
+    llm_judge(server, use_reference=True).judge([with_ref, item()])
+    first, second = server.chat_requests
+    assert "## Reference answer\n- Paris\n- Paris, France" in first.messages[1]["content"]
+    assert "ground truth" in first.messages[0]["content"] and "Reference answer" not in second.text
+    llm_judge(server).judge([with_ref])
+    assert "Reference answer" not in server.chat_requests[-1].text  # off by default
+
+
+def test_llm_judge_stops_starting_requests_once_its_budget_is_spent(server: OpenAIServer):
+    answer = verdict(accuracy=5, tone=5)
+    server.chat = lambda messages: answer
+    # $1 per completion token, one verdict = words(answer) tokens: the budget covers 1.5 verdicts.
+    per_verdict = float(words(answer))
+    judge = llm_judge(server, concurrency=1, prices=Prices(output_per_1m_tokens=1e6),
+                      cost_budget_usd=1.5 * per_verdict)
+    events: list[dict] = []
+    run = judge_items(judge, [item(i) for i in range(200)], lambda event, info: events.append(info))
+    # The first verdict leaves $0.5 of budget, so a second request starts; after it nothing does.
+    assert [v.interaction_id for v in run.verdicts] == ["i0", "i1"]
+    assert (run.over_budget, run.failed, run.requests, len(server.chat_requests)) == (198, 0, 2, 2)
+    assert run.spent_usd == pytest.approx(2 * per_verdict) and judge.budget_exhausted
+    assert run.budget_stop == (f"judge 'llm_judge' v1: cost budget of ${1.5 * per_verdict:g} reached after "
+                               f"${2 * per_verdict:g} spent; the rest are labelled next run")
+    # The labelling loop stopped calling the judge after the first chunk instead of failing item by item.
+    assert events == [{"judge": "llm_judge", "done": 64, "total": 200}]
+    with pytest.raises(BudgetExhausted, match="the rest are labelled next run"):
+        judge.judge([item(500)])
+    again = judge_items(judge, [item(i) for i in range(3)])
+    assert (again.over_budget, again.requests, len(again.verdicts)) == (3, 0, 0)
+
+
+def test_a_cached_rerun_costs_nothing_and_sends_nothing(server: OpenAIServer, tmp_path):
+    answer = verdict(accuracy=3, tone=4)
+    server.chat = lambda messages: answer
+    path = tmp_path / "cache" / "judges.sqlite"
+    prices = Prices(input_per_1m_tokens=1.0, output_per_1m_tokens=2.0)
+    first = llm_judge(server, version="abc", prices=prices, cache=JudgeCache(path))
+    verdicts = first.judge([item(i) for i in range(4)])
+    assert (first.requests, first.cache_hits) == (4, 0) and first.spent_usd > 0
+
+    # A new run (new judge, new connection to the same file): every verdict from the cache.
+    again = llm_judge(server, version="abc", prices=prices, cache=JudgeCache(path))
+    run = judge_items(again, [item(i) for i in range(4)])
+    assert (run.requests, run.cache_hits, run.spent_usd, len(server.chat_requests)) == (0, 4, 0.0, 4)
+    assert [v.criteria for v in run.verdicts] == [v.criteria for v in verdicts]
+    assert [v.judge_version for v in run.verdicts] == ["abc"] * 4
+
+    # Same interaction content under another id hits too; a new judge version (changed rubric) misses.
+    assert again.judge([item(1, response="Your refund was issued on May 2.")])[0].interaction_id == "i1"
+    assert again.requests == 0
+    changed = llm_judge(server, version="abd", cache=JudgeCache(path))
+    changed.judge([item(0)])
+    assert (changed.requests, changed.cache_hits) == (1, 0)
+
+    # Another process reuses the entries: no request from it either.
+    code = (f"from continuum_pipeline.judge import JudgeCache, JudgeInput, LLMJudge, RubricCriterion\n"
+            f"from continuum_pipeline_tests.test_judges import RUBRIC, item\n"
+            f"j = LLMJudge(base_url={server.base_url!r}, model='judge-model', criteria=RUBRIC, version='abc', "
+            f"cache=JudgeCache({str(path)!r}))\n"
+            f"vs = j.judge([item(i) for i in range(4)])\n"
+            f"print(j.requests, j.cache_hits, round(vs[0].score, 6))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+    assert out == ["0", "4", str(round(verdicts[0].score, 6))]
+    assert len(server.chat_requests) == 5
+
+
+def test_judge_cache_is_safe_across_threads_and_ignores_unreadable_entries(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from continuum_pipeline.judge.cache import cache_key, dump_criteria, load_criteria
+
+    cache = JudgeCache(tmp_path / "c.sqlite")
+    criteria = (CriterionScore("accuracy", 0.5, 2.0, "half"), CriterionScore("tone", 1.0, 1.0, None))
+    keys = [cache_key("v1", {"messages": [i]}) for i in range(200)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda k: cache.put(k, dump_criteria(criteria)), keys))
+        assert all(pool.map(lambda k: load_criteria(cache.get(k)) == criteria, keys))
+    assert len(cache) == 200 and cache.get(cache_key("v2", {"messages": [0]})) is None
+    assert load_criteria("not json") is None and load_criteria('[["a", "x", 1, null]]') is None
+    cache.close()
+    with JudgeCache(tmp_path / "c.sqlite") as reopened:
+        assert load_criteria(reopened.get(keys[7])) == criteria
+
+
+def test_judge_items_isolates_failures_without_rejudging_the_chunk(server: OpenAIServer):
+    def answer(request) -> Reply:
+        i = int(re.search(r"refund\? \((\d+)\)", request.text).group(1))
+        return Reply("not json at all") if i == 2 else Reply(verdict(accuracy=5, tone=5))
+
+    server.handler = answer
+    run = judge_items(llm_judge(server, max_retries=0), [item(i) for i in range(5)])
+    assert [v.interaction_id for v in run.verdicts] == ["i0", "i1", "i3", "i4"] and run.failed == 1
+    assert run.requests == 5  # each item asked once: a bad verdict costs only itself
+
+
+def test_label_report_counts_spend_requests_cache_hits_and_budget(lake, settings, tmp_path):
+    from continuum_pipeline.lake.ingest import ingest_landing
+
+    from .conftest import interaction, write_segment
+
+    # Four interactions, two of them asking and answering exactly the same thing.
+    same = {"prompt": "same", "messages": [{"role": "user", "content": "same"}], "response": "same answer"}
+    write_segment(settings.landing_dir, "20261121T000000Z-c", [interaction(1, **same), interaction(2, **same),
+                                                               interaction(3), interaction(4)])
+    ingest_landing(lake, settings.landing_dir)
+    answer = verdict(accuracy=5, tone=3)
+    with OpenAIServer(chat=lambda messages: answer) as srv:
+        judge = llm_judge(srv, concurrency=1, cache=JudgeCache(tmp_path / "judges.sqlite"),
+                          prices=Prices(output_per_1m_tokens=1e6), cost_budget_usd=2.5 * words(answer))
+        report = label_interactions(lake, [judge])
+    assert report.labelled == {"llm_judge": 4} and report.over_budget == {"llm_judge": 0}
+    assert report.requests == {"llm_judge": 3} and report.cache_hits == {"llm_judge": 1}
+    assert report.spent_usd["llm_judge"] == pytest.approx(3 * words(answer)) and report.budget_stop == {}
+
+
+def test_labelling_reads_a_captured_reference_answer_from_metadata(lake, settings):
+    from continuum_pipeline.judge import ReferenceMatchSpec
+    from continuum_pipeline.lake.ingest import ingest_landing
+
+    from .conftest import interaction, write_segment
+
+    write_segment(settings.landing_dir, "20261121T000000Z-r", [
+        interaction(1, response="Paris.", metadata=json.dumps({"reference": ["paris", "Paris, France"]})),
+        interaction(2, response="Lyon", metadata=json.dumps({"reference": "Paris"})),
+        interaction(3, response="Paris", metadata=json.dumps({"topic": "geography"}))])  # no known answer
+    ingest_landing(lake, settings.landing_dir)
+    judge = ReferenceMatchSpec(kind="reference_match", name="capital").build()
+    report = label_interactions(lake, [judge])
+    assert report.labelled == {"capital": 2} and report.failed == {"capital": 1}
+    assert report.mean_score == {"capital": 0.5}
+    again = label_interactions(lake, [judge])  # the unlabelled one is tried again, and fails again
+    assert again.already_labelled == {"capital": 2} and again.failed == {"capital": 1}

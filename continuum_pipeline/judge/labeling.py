@@ -6,6 +6,7 @@ A new judge version (e.g. the knowledge base changed) relabels everything under 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -24,9 +25,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 CHUNK = 64  # items per chunk at least: progress and failure isolation without one call per row
-# A concurrent judge gets this many items per worker in a chunk, so its threads are not left idle
-# waiting for a chunk's slowest request more often than every 16 requests.
-ITEMS_PER_WORKER = 16
+# A concurrent judge gets this many items per worker in a chunk: its workers idle while a chunk's last
+# requests finish, so chunks are long enough for that tail to be a few percent of the chunk.
+ITEMS_PER_WORKER = 64
 
 
 @dataclass
@@ -61,18 +62,24 @@ class JudgeRun:
 
 
 def label_interactions(lake: Lake, judges: Sequence[Judge], *, limit: int | None = None,
-                       progress: Callable[[str, dict], None] | None = None) -> LabelReport:
+                       progress: Callable[[str, dict], None] | None = None, labels_table: str = "reward_labels",
+                       where: str | None = None) -> LabelReport:
+    """Label the interactions matching `where` (a DuckDB condition over the interactions table: a task's
+    selection) into `labels_table` (a task's own `<task>__reward_labels`)."""
     emit = progress or (lambda event, info: None)
-    lake.ensure_table(LEARNING_LAYOUTS["reward_labels"])
+    lake.ensure_table(dataclasses.replace(LEARNING_LAYOUTS["reward_labels"], name=labels_table))
     report = LabelReport(interactions_snapshot_id=lake.current_snapshot_id("interactions"))
     if report.interactions_snapshot_id is None:
         return report
     interactions = lake.table("interactions").scan(
         snapshot_id=report.interactions_snapshot_id,
-        selected_fields=("interaction_id", "prompt", "messages", "response", "metadata", "contexts", "status"),
+        selected_fields=("interaction_id", "prompt", "messages", "response", "metadata", "contexts", "status",
+                         "task", "model", "model_version", "route", "consent", "source"),
     ).to_arrow()
     interactions = interactions.filter(pc.equal(interactions["status"], "ok"))  # a failed call has no answer to judge
-    labels = lake.table("reward_labels").scan(selected_fields=("interaction_id", "judge", "judge_version")).to_arrow()
+    if where:
+        interactions = _select(interactions, where)
+    labels = lake.table(labels_table).scan(selected_fields=("interaction_id", "judge", "judge_version")).to_arrow()
 
     rows: list[dict] = []
     now = datetime.now(UTC)
@@ -98,10 +105,20 @@ def label_interactions(lake: Lake, judges: Sequence[Judge], *, limit: int | None
                   "judged_at": now} for v in verdicts for c in v.criteria]
     if rows:
         report.snapshot_id = lake.append_rows(
-            "reward_labels", pa.Table.from_pylist(rows, schema=REWARD_LABELS),
+            labels_table, pa.Table.from_pylist(rows, schema=REWARD_LABELS),
             {"continuum.interactions-snapshot-id": str(report.interactions_snapshot_id)})
     emit("committed", {"rows": len(rows), "snapshot_id": report.snapshot_id})
     return report
+
+
+def _select(interactions: pa.Table, where: str) -> pa.Table:
+    import duckdb
+
+    con = duckdb.connect()
+    con.register("interactions", interactions.select(["interaction_id", "task", "model", "model_version", "route",
+                                                      "consent", "source", "metadata"]))
+    ids = [r[0] for r in con.execute(f"select interaction_id from interactions where {where}").fetchall()]
+    return interactions.filter(pc.is_in(interactions["interaction_id"], pa.array(ids, pa.string())))
 
 
 def _as_input(row: dict) -> JudgeInput:

@@ -71,14 +71,15 @@ class SpendMeter:
             self.output_tokens += completion
             self.spent_usd += cost
 
-    def httpx_hooks(self, *, asynchronous: bool) -> dict[str, list]:
-        """Event hooks for an httpx client: count every request sent (retries included) and read the usage
-        of every JSON response, for SDKs whose completions we never see (ragas calls through instructor)."""
+    def httpx_hooks(self, *, asynchronous: bool, read_usage: bool = True) -> dict[str, list]:
+        """Event hooks for an httpx client: count every request sent (retries included) and, with
+        `read_usage`, read the usage of every JSON response, for SDKs whose completions we never see
+        (ragas calls through instructor). A caller that sees its completions records their usage itself."""
 
         def on_request(request: Any) -> None:
             self.request_started()
 
-        def read_usage(body: bytes) -> None:
+        def read_body_usage(body: bytes) -> None:
             try:
                 payload = json.loads(body)
             except ValueError:
@@ -92,12 +93,12 @@ class SpendMeter:
 
             async def on_response_async(response: Any) -> None:
                 if response.headers.get("content-type", "").startswith("application/json"):
-                    read_usage(await response.aread())
+                    read_body_usage(await response.aread())
 
-            return {"request": [on_request_async], "response": [on_response_async]}
+            return {"request": [on_request_async], "response": [on_response_async] if read_usage else []}
 
         def on_response(response: Any) -> None:
             if response.headers.get("content-type", "").startswith("application/json"):
-                read_usage(response.read())
+                read_body_usage(response.read())
 
-        return {"request": [on_request], "response": [on_response]}
+        return {"request": [on_request], "response": [on_response] if read_usage else []}

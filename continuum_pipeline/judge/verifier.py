@@ -28,6 +28,10 @@ class ProgrammaticVerifier:
     def judge(self, items: Sequence[JudgeInput]) -> list[Verdict]:
         return [self._judge_one(item) for item in items]
 
+    def judge_each(self, items: Sequence[JudgeInput]) -> list[Verdict | JudgeError]:
+        """One outcome per item: the check runs once per item, even when another item's check fails."""
+        return _each(self._judge_one, items)
+
     def _judge_one(self, item: JudgeInput) -> Verdict:
         where = (f"judge {self.name!r} v{self.version}, interaction {item.interaction_id!r}, "
                  f"criterion {self.criterion!r}")
@@ -116,13 +120,7 @@ class ReferenceMatchJudge:
         return [self._judge_one(item) for item in items]
 
     def judge_each(self, items: Sequence[JudgeInput]) -> list[Verdict | JudgeError]:
-        out: list[Verdict | JudgeError] = []
-        for item in items:
-            try:
-                out.append(self._judge_one(item))
-            except JudgeError as exc:
-                out.append(exc)
-        return out
+        return _each(self._judge_one, items)
 
     def _judge_one(self, item: JudgeInput) -> Verdict:
         try:
@@ -140,3 +138,13 @@ class ReferenceMatchJudge:
                          f"expected {' or '.join(map(repr, accepted))}, got {item.response!r}"[:300])
         return Verdict(item.interaction_id, self.name, self.version, score,
                        (CriterionScore(self.criterion, score, 1.0, rationale),))
+
+
+def _each(judge_one: Callable[[JudgeInput], Verdict], items: Sequence[JudgeInput]) -> list[Verdict | JudgeError]:
+    out: list[Verdict | JudgeError] = []
+    for item in items:
+        try:
+            out.append(judge_one(item))
+        except JudgeError as exc:
+            out.append(exc)
+    return out
