@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 PROFILES = ("local", "production")
+# The example app's task instance, by path (not import): the default code location shows the support desk.
+EXAMPLE_TASKS = Path(__file__).resolve().parent / "scenario" / "defs"
 
 
 class SettingsError(ValueError):
@@ -55,13 +57,12 @@ class Settings:
       CONTINUUM_NAMESPACE      Iceberg namespace (default continuum)
       CONTINUUM_MLFLOW_URI     MLflow tracking URI (default sqlite:///$CONTINUUM_HOME/mlflow/mlflow.db)
       CONTINUUM_JUDGE_BASE_URL, CONTINUUM_JUDGE_MODEL, CONTINUUM_JUDGE_API_KEY   OpenAI-compatible judge
-      CONTINUUM_CAPTURE_QUEUE_SIZE, CONTINUUM_CAPTURE_SEGMENT_RECORDS, CONTINUUM_CAPTURE_FLUSH_SECONDS
+      CONTINUUM_CAPTURE_QUEUE_SIZE, CONTINUUM_CAPTURE_SEGMENT_RECORDS, CONTINUUM_CAPTURE_FLUSH_SECONDS,
+      CONTINUUM_CAPTURE_MAX_BYTES  SDK buffer bound in estimated bytes (default 64 MiB), besides the record count
       CONTINUUM_INGEST_MAX_SEGMENTS, CONTINUUM_MAX_RECORD_BYTES
-      CONTINUUM_SCENARIO, CONTINUUM_SCENARIO_PHASE   scenario file (default: the packaged support desk) and the
-                               phase of its knowledge base the verifier judges by (before | after the policy change)
-      CONTINUUM_MODEL_NAME     registered model name (default continuum-support)
-      CONTINUUM_MIN_REWARD     curation threshold on the combined reward (default 0.8)
-      CONTINUUM_TRIGGER_MIN_SAMPLES, _QUALITY_DROP, _WINDOW_DAYS, _MAX_NEGATIVE_RATE, _COOLDOWN_HOURS   sensors
+      CONTINUUM_POOL_WAIT_SECONDS  how long a CLI run waits for a pool slot before giving up (default 300)
+      CONTINUUM_TASKS          task YAML files or folders of them (os.pathsep-separated) the code location loads
+                               (default: the packaged support-desk example); everything per task is in its YAML
     """
 
     profile: str
@@ -77,17 +78,11 @@ class Settings:
     capture_queue_size: int
     capture_segment_records: int
     capture_flush_seconds: float
+    capture_max_bytes: int
     ingest_max_segments: int
     max_record_bytes: int
-    scenario: str | None
-    scenario_phase: str
-    model_name: str
-    min_reward: float
-    trigger_min_samples: int
-    trigger_quality_drop: float
-    trigger_window_days: int
-    trigger_max_negative_rate: float
-    trigger_cooldown_hours: float
+    pool_wait_seconds: float
+    tasks: tuple[Path, ...]
 
     @property
     def dagster_home(self) -> Path:
@@ -126,17 +121,12 @@ class Settings:
             capture_queue_size=_int_env("CONTINUUM_CAPTURE_QUEUE_SIZE", 100_000),
             capture_segment_records=_int_env("CONTINUUM_CAPTURE_SEGMENT_RECORDS", 5_000),
             capture_flush_seconds=_float_env("CONTINUUM_CAPTURE_FLUSH_SECONDS", 1.0),
+            capture_max_bytes=_int_env("CONTINUUM_CAPTURE_MAX_BYTES", 64 << 20),
             ingest_max_segments=_int_env("CONTINUUM_INGEST_MAX_SEGMENTS", 2_000),
             max_record_bytes=_int_env("CONTINUUM_MAX_RECORD_BYTES", 1 << 20),
-            scenario=_env("CONTINUUM_SCENARIO"),
-            scenario_phase=_env("CONTINUUM_SCENARIO_PHASE", "before"),
-            model_name=_env("CONTINUUM_MODEL_NAME", "continuum-support"),
-            min_reward=_float_env("CONTINUUM_MIN_REWARD", 0.8),
-            trigger_min_samples=_int_env("CONTINUUM_TRIGGER_MIN_SAMPLES", 200),
-            trigger_quality_drop=_float_env("CONTINUUM_TRIGGER_QUALITY_DROP", 0.15),
-            trigger_window_days=_int_env("CONTINUUM_TRIGGER_WINDOW_DAYS", 3),
-            trigger_max_negative_rate=_float_env("CONTINUUM_TRIGGER_MAX_NEGATIVE_RATE", 0.3),
-            trigger_cooldown_hours=_float_env("CONTINUUM_TRIGGER_COOLDOWN_HOURS", 6.0),
+            pool_wait_seconds=_float_env("CONTINUUM_POOL_WAIT_SECONDS", 300.0),
+            tasks=tuple(Path(p).expanduser().resolve() for p in
+                        (_env("CONTINUUM_TASKS") or str(EXAMPLE_TASKS)).split(os.pathsep) if p),
         )
         settings.validate()
         return settings
@@ -144,14 +134,12 @@ class Settings:
     def validate(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "trigger_cooldown_hours":
-                continue  # 0 turns the cooldown off
             if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
                 raise SettingsError(f"{f.name} must be positive, got {value}; fix its CONTINUUM_* variable")
-        if self.trigger_cooldown_hours < 0:
-            raise SettingsError("CONTINUUM_TRIGGER_COOLDOWN_HOURS must be 0 (off) or positive")
-        if self.scenario_phase not in ("before", "after"):
-            raise SettingsError(f"CONTINUUM_SCENARIO_PHASE={self.scenario_phase!r}: use before or after")
+        for path in self.tasks:
+            if not path.exists():
+                raise SettingsError(f"CONTINUUM_TASKS names {path}, which does not exist; point it at task YAML "
+                                    "files or folders (`continuum init TASK` writes one)")
         if self.profile == "production":
             if self.catalog_uri.startswith("sqlite"):
                 raise SettingsError(
@@ -175,11 +163,8 @@ class Settings:
             "CONTINUUM_NAMESPACE": self.namespace,
             "CONTINUUM_MLFLOW_URI": self.mlflow_uri,
             "DAGSTER_HOME": str(self.dagster_home),
-            "CONTINUUM_SCENARIO_PHASE": self.scenario_phase,
-            "CONTINUUM_MODEL_NAME": self.model_name,
+            "CONTINUUM_TASKS": os.pathsep.join(map(str, self.tasks)),
         }
-        if self.scenario:
-            env["CONTINUUM_SCENARIO"] = self.scenario
         return env
 
 

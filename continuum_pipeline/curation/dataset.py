@@ -1,7 +1,9 @@
 """The curated SFT dataset: candidates that pass every filter, in TRL's conversational `messages` format.
 
 Filters run in a fixed order and each one's removals are counted, so a dataset version can say why it
-is the size it is. Consent-denied rows never pass, whatever their reward.
+is the size it is. Consent policy: `denied` never trains, whatever its reward; `unknown` (what the SDK records
+when the app says nothing) does not train either unless the task's `curation.consent` lists it — a team has to
+say so, the default is safe. Interactions held out for evaluation (golden sets from production) never train.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ SFT_DATASET = pa.schema([
 class CurationPolicy:
     min_reward: float = 0.8
     validation_fraction: float = 0.1
-    tasks: tuple[str, ...] = ()  # empty: every task
+    consent: tuple[str, ...] = ("granted",)  # consent values that may train; "denied" is dropped even if listed
+    held_out: frozenset[str] = frozenset()  # interaction ids in evaluation sets: never training data
 
 
 @dataclass
@@ -54,9 +57,13 @@ def curate_sft(candidates: pa.Table, policy: CurationPolicy = CurationPolicy()) 
 
     t = result.table
     keep("consent denied", pc.not_equal(t["consent"], "denied"))
+    allowed = pa.array(sorted(set(policy.consent) - {"denied"}), pa.string())
+    keep("consent unknown" if "unknown" not in policy.consent else "consent not allowed",
+         pc.is_in(result.table["consent"], allowed))
     keep("call failed", pc.equal(result.table["status"], "ok"))
-    if policy.tasks:
-        keep("other task", pc.is_in(result.table["task"], pa.array(policy.tasks)))
+    if policy.held_out:
+        keep("held out for evaluation", pc.invert(pc.is_in(result.table["interaction_id"],
+                                                           pa.array(sorted(policy.held_out), pa.string()))))
     keep("no target answer", pc.and_(pc.invert(pc.is_null(result.table["target_response"])),
                                      pc.greater(pc.utf8_length(pc.fill_null(result.table["target_response"], "")), 0)))
     keep(f"reward below {policy.min_reward:g}", pc.greater_equal(result.table["reward"], policy.min_reward))

@@ -33,9 +33,9 @@ def table_rows(table: Any) -> int:
     return int(snapshot.summary.additional_properties.get("total-records", 0))
 
 
-def latest_metadata(instance: dg.DagsterInstance, key: str) -> dict[str, Any]:
+def latest_metadata(instance: dg.DagsterInstance, key: str | dg.AssetKey) -> dict[str, Any]:
     """Raw values of the latest materialization's metadata of `key` ({} if never materialized)."""
-    event = instance.get_latest_materialization_event(dg.AssetKey(key))
+    event = instance.get_latest_materialization_event(key if isinstance(key, dg.AssetKey) else dg.AssetKey(key))
     if event is None or event.asset_materialization is None:
         return {}
     return {k: getattr(v, "value", v) for k, v in event.asset_materialization.metadata.items()}

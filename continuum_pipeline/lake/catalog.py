@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 
 import pyarrow as pa
 
-from continuum_pipeline.lake.schemas import LAYOUTS, LEARNING_LAYOUTS, TableLayout
+from continuum_pipeline.lake.schemas import LAYOUTS, TableLayout
 
 if TYPE_CHECKING:
     import duckdb
@@ -80,7 +80,7 @@ class Lake:
     def ensure_tables(self, layouts: list[TableLayout] | None = None) -> None:
         """Create the namespace and the lake tables if missing (idempotent, safe under races)."""
         self.catalog.create_namespace_if_not_exists(self.namespace)
-        for layout in layouts or [*LAYOUTS.values(), *LEARNING_LAYOUTS.values()]:
+        for layout in layouts or list(LAYOUTS.values()):  # learning tables: per task, created by their assets
             self.ensure_table(layout)
 
     def ensure_table(self, layout: TableLayout) -> Table:

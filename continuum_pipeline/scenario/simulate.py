@@ -307,7 +307,7 @@ def simulate_traffic(desk: SupportDesk, n: int, phase: str, serve: Serve, *, mod
     stats = TrafficStats()
     answers: deque[str] = deque()
 
-    @capture(task="support_answer", model=model, model_version=model_version)
+    @capture(task="support_answer", model=model, model_version=model_version, consent="granted")
     def app(messages: list[dict], metadata: dict, ts: datetime | None) -> str:
         response = answers.popleft()
         prompt_tokens = sum(desk.estimated_tokens(m["content"]) for m in messages)

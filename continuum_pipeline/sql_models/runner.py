@@ -8,7 +8,9 @@ a model version can name in its lineage, and DuckDB stays in-process with no dat
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -28,28 +30,51 @@ class ModelResult:
     preview: pa.Table
 
 
-def connect(lake: Lake, model: SqlModel) -> duckdb.DuckDBPyConnection:
+@dataclass
+class TaskBinding:
+    """Where one task's copy of the task models reads and writes (see sql_models.project)."""
+
+    table: Callable[[str], str]  # a task model or `source('task', …)` name → the task's lake table
+    config_tables: dict[str, pa.Table] = field(default_factory=dict)  # `source('config', name)` → rows
+    variables: dict[str, Any] = field(default_factory=dict)  # Jinja globals: task_filter, var
+
+
+def output_table(project: SqlProject, name: str, binding: TaskBinding | None = None) -> str:
+    return binding.table(name) if binding and name in project.models and project.shared is not None else name
+
+
+def connect(lake: Lake, model: SqlModel, project: SqlProject | None = None,
+            binding: TaskBinding | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with the model's sources and refs registered as views."""
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")
     for schema, table in model.sources:
         con.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-        if not lake.table_exists(table):
-            raise LookupError(f"{model.path}: source('{schema}', '{table}') is not in the lake yet; "
-                              f"materialize the ingest assets first")
-        lake.register_duckdb(con, table, f'"{schema}"."{table}"')
+        if schema == "config":
+            if binding is None or table not in binding.config_tables:
+                raise LookupError(f"{model.path}: source('config', '{table}') is not a task config table")
+            relation = f"__config_{table}"
+            con.register(relation, binding.config_tables[table])
+            con.execute(f'CREATE OR REPLACE VIEW "config"."{table}" AS SELECT * FROM "{relation}"')
+            continue
+        lake_table = binding.table(table) if schema == "task" and binding else table
+        if not lake.table_exists(lake_table):
+            raise LookupError(f"{model.path}: source('{schema}', '{table}') is not in the lake yet "
+                              f"(table {lake_table}); materialize the asset that writes it first")
+        lake.register_duckdb(con, lake_table, f'"{schema}"."{table}"')
     for ref in model.refs:
-        if not lake.table_exists(ref):
+        lake_table = output_table(project, ref, binding) if project else ref
+        if not lake.table_exists(lake_table):
             raise LookupError(f"{model.path}: ref('{ref}') has not been materialized yet; materialize it first")
-        lake.register_duckdb(con, ref, f'"{ref}"')
+        lake.register_duckdb(con, lake_table, f'"{ref}"')
     return con
 
 
-def run_model(lake: Lake, project: SqlProject, name: str) -> ModelResult:
+def run_model(lake: Lake, project: SqlProject, name: str, binding: TaskBinding | None = None) -> ModelResult:
     started = time.perf_counter()
     model = project.models[name]
-    sql = model.render()
-    con = connect(lake, model)
+    sql = model.render(**(binding.variables if binding else {}))
+    con = connect(lake, model, project, binding)
     try:
         relation = con.sql(sql)
         # DuckDB 2 names it to_arrow_table; 1.x calls it arrow().
@@ -59,7 +84,7 @@ def run_model(lake: Lake, project: SqlProject, name: str) -> ModelResult:
     finally:
         con.close()
     result = _lake_compatible(result)
-    snapshot_id = lake.replace_table(name, result, {"continuum.sql-model": name})
+    snapshot_id = lake.replace_table(output_table(project, name, binding), result, {"continuum.sql-model": name})
     return ModelResult(name, result.num_rows, snapshot_id, result.schema, time.perf_counter() - started, sql,
                        result.slice(0, 10))
 

@@ -261,3 +261,44 @@ def build_base_model(conversations: list[list[dict]], vocab_texts: list[str], ou
     }, indent=2))
     say(f"base model saved to {out_dir} in {time.monotonic() - started:.0f}s")
     return out_dir
+
+
+def pretraining_corpus(function: str | None, n: int,
+                       captured: Callable[[], list[list[dict]]]) -> tuple[list[list[dict]], list[str]]:
+    """(conversations, tokenizer texts) for builtin:tiny: from a `module:function` hook (called with `n`; it
+    returns conversations, or a dict with `conversations` and `texts`), else the task's captured traffic."""
+    if function is None:
+        conversations = captured()
+        if not conversations:
+            raise ValueError("base_model builtin:tiny has nothing to pre-train on: the task has no captured "
+                             "interactions yet; capture traffic first or set base_model.pretraining_corpus")
+        return conversations, []
+    import importlib
+
+    module_name, _, attr = function.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"base_model.pretraining_corpus: cannot import {function!r} ({exc}); "
+                         "give an importable `package.module:function`") from None
+    result = fn(n)
+    if isinstance(result, dict):
+        return list(result.get("conversations") or []), list(result.get("texts") or [])
+    return list(result), []
+
+
+def check_pretrained(model_id: str, revision: str | None = None) -> dict[str, str | int]:
+    """Fail early, with the fix, when a configured base model cannot be loaded or has no chat template."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(model_id, revision=revision)
+        tokenizer = AutoTokenizer.from_pretrained(model_id, revision=revision)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"base_model.id {model_id!r}: cannot load it with from_pretrained ({exc}); give a local "
+                         "folder or a hub id this machine can reach (HF_HOME / HF_ENDPOINT), or builtin:tiny") from None
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"base_model.id {model_id!r}: its tokenizer has no chat template; pick an instruct/chat "
+                         "model or add a chat_template to its tokenizer_config.json")
+    return {"architecture": ",".join(config.architectures or [config.model_type]), "model_type": config.model_type,
+            "vocabulary": len(tokenizer)}

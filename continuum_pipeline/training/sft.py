@@ -17,7 +17,6 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-LLAMA_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 Progress = Callable[[str, dict], None]
 
 
@@ -27,10 +26,13 @@ class SFTRunConfig:
     train_file: str  # JSON lines, one {"messages": [...]} per line (TRL conversational format)
     eval_file: str | None
     output_dir: str
+    revision: str | None = None  # hub revision of base_model
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: list(LLAMA_LINEAR))
+    # PEFT's "all-linear": every linear layer of whatever architecture, except the output head.
+    target_modules: list[str] | str = "all-linear"
+    threads: int = 1  # torch threads: two training processes on 2 cores must not oversubscribe them
     epochs: float = 10.0  # many passes: a tiny student needs ~300 steps to learn new intents and slot copying
     max_steps: int = -1
     learning_rate: float = 5e-3
@@ -82,13 +84,14 @@ def train(config: SFTRunConfig, progress: Progress | None = None) -> SFTResult:
 
     # Seed before the LoRA weights are initialised: SFTTrainer wraps the model before Trainer seeds anything.
     set_seed(config.seed)
-    tokenizer = AutoTokenizer.from_pretrained(config.base_model)
-    model = AutoModelForCausalLM.from_pretrained(config.base_model, dtype=torch.float32)
+    torch.set_num_threads(config.threads)
+    tokenizer = AutoTokenizer.from_pretrained(config.base_model, revision=config.revision)
+    model = AutoModelForCausalLM.from_pretrained(config.base_model, revision=config.revision, dtype=torch.float32)
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
-        target_modules=list(config.target_modules),
+        target_modules=config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules),
         task_type="CAUSAL_LM",
     )
     args = SFTConfig(

@@ -1,11 +1,12 @@
--- Per model per day: volume, mean reward, mean feedback score, negative-feedback rate, latency, error rate.
+-- Per task per model per day, across every task: volume, mean feedback score, negative-feedback rate,
+-- latency, error rate, tokens and cost. (Rewards are per task: see each task's own quality_daily.)
 -- negative_feedback_rate is over interactions that got any feedback (silence is not a verdict).
 select
     i.day,
+    i.task,
     i.model,
     i.model_version,
     count(*) as interactions,
-    avg(r.response_reward) as mean_reward,
     avg(f.mean_score) as mean_score,
     count(*) filter (where f.feedback_events > 0) as interactions_with_feedback,
     (count(*) filter (where f.negative_events > 0))::double
@@ -17,6 +18,5 @@ select
     sum(i.cost_usd) as cost_usd
 from {{ ref('stg_interactions') }} as i
 join {{ ref('interaction_feedback') }} as f using (interaction_id)
-join {{ ref('interaction_rewards') }} as r using (interaction_id)
 group by all
-order by i.day, i.model, i.model_version
+order by i.day, i.task, i.model, i.model_version

@@ -44,6 +44,8 @@ def ingest_landing_segments(context: dg.AssetExecutionContext, lake: LakeResourc
             "snapshot_id": str(commit.snapshot_id) if commit and commit.snapshot_id else "",
             "segments": len(report.segments),
             "segments_waiting": report.remaining_segments,
+            "segments_failed": len(report.failed_segments),
+            "ignored_files": dg.MetadataValue.json(report.ignored_files),
             "table": f"{the_lake.namespace}.{key}",
             "summary": dg.MetadataValue.md(_summary(key, report)),
         }
@@ -59,10 +61,21 @@ def _summary(key: str, report) -> str:
         lines.append(f"{commit.skipped_rows} rows were already in the table from an earlier, interrupted run: skipped.")
     if report.remaining_segments:
         lines.append(f"{report.remaining_segments} more segments wait for the next run.")
+    if report.failed_segments:
+        lines.append(f"{len(report.failed_segments)} segments could not be read or normalized and were moved to "
+                     f"landing/failed/ (reason in the quarantine table): {_names(report.failed_segments)}.")
+    if report.ignored_files:
+        lines.append(f"**{len(report.ignored_files)} files in the landing folder are not segments** (`*.jsonl`, "
+                     f"`*.jsonl.gz`) and were ignored: {_names(report.ignored_files)}.")
     if key == "quarantine" and report.quarantine_reasons:
         lines.append("")
         lines.append(markdown_table(["error", "lines"], sorted(report.quarantine_reasons.items())))
     return "\n\n".join(lines)
+
+
+def _names(names: list[str], limit: int = 20) -> str:
+    shown = ", ".join(f"`{n}`" for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 ingest_job = dg.define_asset_job("ingest_job", selection=dg.AssetSelection.assets(*INGEST_KEYS),

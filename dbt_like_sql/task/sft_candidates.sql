@@ -1,4 +1,4 @@
--- Every interaction as a possible training example: the conversation, the target answer (an agent's edit
+-- Every interaction of the task as a possible training example: the conversation, the target answer (an edit
 -- when there is one) and its reward. Curation decides what passes; nothing is filtered here so that it can
 -- count what each filter removes.
 select
@@ -17,6 +17,7 @@ select
     r.judge_score,
     r.feedback_score,
     sha256(coalesce(to_json(i.messages)::varchar, i.prompt, '') || '\x1f' || coalesce(r.correction, i.response, '')) as content_hash,
-    i.metadata
+    i.metadata,
+    i.route
 from {{ ref('stg_interactions') }} as i
 join {{ ref('interaction_rewards') }} as r using (interaction_id)

@@ -8,6 +8,10 @@ Simulated days (traffic carries its own timestamps, so quality_daily has a histo
   days 6–7  v1 still serves: its stale answers show in ratings, edits and reopened tickets
   cycle 2   started by the quality-drop sensor's decision → v2, gated against v1, promoted to champion
 Then every version answers the golden set: the learning curve, printed and written as JSON.
+
+The demo drives the support desk's task (scenario/defs/support_desk/defs.yaml) through the same jobs a
+user's task gets: `ingest_job`, `support_answer_training_job`, `support_answer_monitoring_job`.
+`continuum demo` comes from this module through the `continuum.commands` entry point.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from continuum_pipeline.settings import Settings, get_settings
+from continuum_pipeline.task.config import TaskConfig, load_task_config
 
 
 @dataclass
@@ -55,19 +60,23 @@ def run_demo(scenario_path: str | None, json_out: Path | None, size: DemoSize | 
     from continuum_pipeline import capture
     from continuum_pipeline.cli import prepare_home
     from continuum_pipeline.registry import models
-    from continuum_pipeline.scenario import SupportDesk, load_scenario, simulate_traffic
+    from continuum_pipeline.scenario import example, simulate_traffic
     from continuum_pipeline.serving.generate import Generator
 
     size = size or DemoSize()
     started = time.perf_counter()
     os.environ["CONTINUUM_SCENARIO_PHASE"] = "before"
-    os.environ["CONTINUUM_TRIGGER_COOLDOWN_HOURS"] = "0"  # simulated days pass in seconds
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per model copy clutters the story
+    task_yaml = example.PACKAGED_TASK
     if scenario_path:
         os.environ["CONTINUUM_SCENARIO"] = str(Path(scenario_path).resolve())
+        # another scenario has other golden questions: its own copy of the task, with a golden file made from it
+        task_yaml = example.write_task(get_settings().home / "demo-task" / "support_desk", os.environ["CONTINUUM_SCENARIO"])
+    os.environ["CONTINUUM_TASKS"] = str(task_yaml)
     settings = get_settings()
     prepare_home(settings)
-    desk = SupportDesk(load_scenario(settings.scenario))
+    task = load_task_config(task_yaml)
+    desk = example.desk()
     capture.configure(settings.landing_dir)
     report = DemoReport()
     day0 = datetime.now(UTC).replace(hour=9, minute=0, second=0, microsecond=0) - timedelta(days=7)
@@ -91,26 +100,26 @@ def run_demo(scenario_path: str | None, json_out: Path | None, size: DemoSize | 
     # --- cycle 1 ----------------------------------------------------------------------------------
     _say("\nCycle 1: ingest → labels → SQL → curated dataset → base model → LoRA SFT → eval gate → registry")
     _run(settings, "ingest_job")
-    ok = _run(settings, "training_job", {"continuum/trigger": "demo: first distillation"})
-    v1 = models.champion(settings.mlflow_uri, settings.model_name)
+    ok = _run(settings, f"{task.name}_training_job", {"continuum/trigger": "demo: first distillation"})
+    v1 = models.champion(settings.mlflow_uri, task.registered_model_name)
     if not ok or v1 is None:
         # The gate did its job: a student that is worse than the base on some slice is not registered.
         _say("    the candidate did not pass the eval gate against the base model: nothing was registered "
              "(the per-slice table is on the eval_gate check in `continuum ui`)")
         report.cycles.append({"cycle": 1, "trigger": "first distillation", "registered": None})
-        return _finish(report, settings, desk, json_out, started)
+        return _finish(report, settings, task, desk, json_out, started)
     report.cycles.append({"cycle": 1, "trigger": "first distillation", "registered": v1.version})
     _say(f"    v{v1.version} passed the gate and is the champion")
 
     # --- days 4-5: v1 serves; the policy changes on day 6 -----------------------------------------
-    cache = settings.models_dir / "registry"
+    cache = _task_dir(settings, task) / "registry"
     student = Generator.from_pretrained(models.model_dir(settings.mlflow_uri, v1, cache))
     _say(f"\nDays 4–5: v{v1.version} serves")
     for day in (4, 5):
         traffic(day, size.student_per_day, "before", student.generate, "student", v1.version, "student")
     # Production labels as it goes (landing sensor + eager reward_labels): v1's days are judged by the KB of their day.
     _run(settings, "ingest_job")
-    _run(settings, "monitoring_job")
+    _run(settings, f"{task.name}_monitoring_job")
     _say(f"\nDay 6: the policy changes for {', '.join(sorted(desk.changed_intents))}; traffic shifts toward them")
     os.environ["CONTINUUM_SCENARIO_PHASE"] = "after"
     settings = get_settings()
@@ -120,33 +129,40 @@ def run_demo(scenario_path: str | None, json_out: Path | None, size: DemoSize | 
     # --- cycle 2, started by the quality-drop sensor's decision -----------------------------------
     _say("\nMonitoring: ingest → relabel under the new knowledge base → quality_daily")
     _run(settings, "ingest_job")
-    _run(settings, "monitoring_job")
+    _run(settings, f"{task.name}_monitoring_job")
+    from continuum_pipeline.defs.flywheel.triggers import quality_drop_decision
     from continuum_pipeline.defs.resources import resources_from_settings
-    from continuum_pipeline.defs.triggers.sensors import quality_drop_decision
 
-    resources = resources_from_settings(settings)
-    decision = quality_drop_decision(resources["lake"], resources["flywheel"])
+    decision = quality_drop_decision(resources_from_settings(settings)["lake"], task)
     _say(f"    quality_drop_sensor: {'FIRES' if decision.fire else 'quiet'} — {decision.reason}")
     if decision.fire:
         _say("\nCycle 2: retrain from the champion on the relabelled lake")
-        _run(settings, "training_job", {"continuum/trigger": "quality_drop_sensor", "continuum/reason": decision.reason})
-        latest = models.versions(settings.mlflow_uri, settings.model_name)[-1]
+        _run(settings, f"{task.name}_training_job",
+             {"continuum/trigger": "quality_drop_sensor", "continuum/reason": decision.reason})
+        latest = models.versions(settings.mlflow_uri, task.registered_model_name)[-1]
         if latest.version != v1.version:
             passed = "challenger" in latest.aliases
             report.cycles.append({"cycle": 2, "trigger": decision.reason, "registered": latest.version})
             if passed:
-                models.promote(settings.mlflow_uri, settings.model_name, latest.version)
+                models.promote(settings.mlflow_uri, task.registered_model_name, latest.version)
                 _say(f"    v{latest.version} passed the gate; promoted to champion")
         else:
             report.cycles.append({"cycle": 2, "trigger": decision.reason, "registered": None})
             _say("    the candidate failed the eval gate: nothing registered (see the check in the UI)")
 
-    return _finish(report, settings, desk, json_out, started)
+    return _finish(report, settings, task, desk, json_out, started)
 
 
-def _finish(report: DemoReport, settings: Settings, desk, json_out: Path | None, started: float) -> DemoReport:
-    report.curve = learning_curve(settings, desk)
-    report.phase = settings.scenario_phase
+def _task_dir(settings: Settings, task: TaskConfig) -> Path:
+    return settings.home / "tasks" / task.name
+
+
+def _finish(report: DemoReport, settings: Settings, task: TaskConfig, desk, json_out: Path | None,
+            started: float) -> DemoReport:
+    from continuum_pipeline.scenario import example
+
+    report.curve = learning_curve(settings, task, desk)
+    report.phase = example.phase()
     report.seconds = time.perf_counter() - started
     report.targets = targets(report.curve)
     print_curve(report)
@@ -181,40 +197,47 @@ def write_broken_producer_segment(landing: Path) -> int:
     return len(lines) - 1
 
 
-def learning_curve(settings: Settings, desk) -> list[dict]:
+def learning_curve(settings: Settings, task: TaskConfig, desk) -> list[dict]:
     """Golden-set success per slice for the teacher, the base model and every registered version."""
     from continuum_pipeline.evaluation import golden
-    from continuum_pipeline.evaluation.gate import GoldenExample, success, success_rates
     from continuum_pipeline.lake.catalog import Lake
     from continuum_pipeline.registry import models
+    from continuum_pipeline.scenario import example
 
-    lake = Lake.from_settings(settings)
-    scored = golden.examples(golden.golden_table(desk, settings.scenario_phase))
+    phase = example.phase()
+    items, expected_phase = [], []
+    for item in desk.golden_set():
+        changed = item.intent in desk.changed_intents
+        if (changed and item.phase == phase) or (not changed and item.phase == "before"):
+            group = "changed_intents" if changed else "unchanged_intents"
+            items.append(golden.GoldenItem(item.golden_id, (item.intent, group, "all"), item.messages, (), {}))
+            expected_phase.append((item, phase))
+    scored = len(items)
     # After the change, the changed intents are also asked for their old answers: what v1 knew before it went stale.
-    old = [] if settings.scenario_phase != "after" else [
-        GoldenExample(ex.golden_id, ("changed_intents_before",), ex.messages, ex.metadata)
-        for ex in golden.examples(golden.golden_table(desk, "before")) if ex.metadata["intent"] in desk.changed_intents]
-    items = scored + old
-    rewards = _production(lake)
+    if phase == "after":
+        for item in desk.golden_set():
+            if item.intent in desk.changed_intents and item.phase == "before":
+                items.append(golden.GoldenItem(item.golden_id, ("changed_intents_before",), item.messages, (), {}))
+                expected_phase.append((item, "before"))
+    rewards = _production(Lake.from_settings(settings), task)
     rows = []
-    teacher = {phase: desk.teacher_serve(phase, seed=12345) for phase in ("before", "after")}
-    teacher_answers = [teacher[ex.metadata["phase"]]([ex.messages])[0] for ex in items]
-    entries = [("teacher", None, teacher_answers),
-               ("base", settings.models_dir / "base", None)]
-    registered = models.versions(settings.mlflow_uri, settings.model_name) if _has_model(settings) else []
+    teacher = {p: desk.teacher_serve(p, seed=12345) for p in ("before", "after")}
+    teacher_answers = [teacher[p]([item.messages])[0] for item, p in expected_phase]
+    entries = [("teacher", None, teacher_answers), ("base", _task_dir(settings, task) / "base", None)]
+    registered = models.versions(settings.mlflow_uri, task.registered_model_name) if _has_model(settings, task) else []
     for ref in registered:
-        entries.append((f"v{ref.version}", models.model_dir(settings.mlflow_uri, ref, settings.models_dir / "registry"),
+        entries.append((f"v{ref.version}", models.model_dir(settings.mlflow_uri, ref, _task_dir(settings, task) / "registry"),
                         None))
-    trained = sorted((settings.home / "runs").glob("*/candidate/merged"), key=lambda p: p.stat().st_mtime)
+    trained = sorted((_task_dir(settings, task) / "runs").glob("*/candidate/merged"), key=lambda p: p.stat().st_mtime)
     if trained and len(trained) > len(registered):  # the newest candidate was blocked by the gate
         entries.append(("candidate (rejected)", trained[-1], None))
     for name, path, answers in entries:
         answers = answers if answers is not None else golden.answer(path, items)
-        rates = success_rates(success(answers, items, desk.check), items)
+        rates = _success_rates(desk, items, expected_phase, answers)
         served = rewards.get("teacher" if name == "teacher" else name.removeprefix("v"), {})
         who = "teacher" if name == "teacher" else "student"
-        tokens = sum(desk.estimated_tokens(m["content"]) for ex in scored for m in ex.messages) / len(scored)
-        out_tokens = sum(desk.estimated_tokens(a) for a in answers[:len(scored)]) / len(scored)
+        tokens = sum(desk.estimated_tokens(m["content"]) for ex in items[:scored] for m in ex.messages) / scored
+        out_tokens = sum(desk.estimated_tokens(a) for a in answers[:scored]) / scored
         rows.append({"model": name, "unchanged_intents": rates.get("unchanged_intents"),
                      "changed_intents": rates.get("changed_intents"),
                      "changed_intents_before": rates.get("changed_intents_before"), "all": rates.get("all"),
@@ -225,20 +248,30 @@ def learning_curve(settings: Settings, desk) -> list[dict]:
     return rows
 
 
-def _has_model(settings: Settings) -> bool:
+def _success_rates(desk, items, expected_phase, answers) -> dict[str, float]:
+    by_slice: dict[str, list[bool]] = {}
+    for ex, (item, phase), answer in zip(items, expected_phase, answers, strict=True):
+        ok = desk.check(answer, {"intent": item.intent, "slots": item.slots, "phase": phase})[0] >= 0.5
+        for s in ex.slices:
+            by_slice.setdefault(s, []).append(ok)
+    return {s: sum(v) / len(v) for s, v in sorted(by_slice.items())}
+
+
+def _has_model(settings: Settings, task: TaskConfig) -> bool:
     from continuum_pipeline.registry import models
 
     try:
-        return bool(models.client(settings.mlflow_uri).search_registered_models(f"name = '{settings.model_name}'"))
+        return bool(models.client(settings.mlflow_uri).search_registered_models(
+            f"name = '{task.registered_model_name}'"))
     except Exception:  # no MLflow database yet
         return False
 
 
-def _production(lake) -> dict[str, dict]:
+def _production(lake, task: TaskConfig) -> dict[str, dict]:
     """Mean response reward in production per served model version (the teacher has none)."""
-    if not lake.table_exists("interaction_rewards"):
+    if not lake.table_exists(task.table("interaction_rewards")):
         return {}
-    t = lake.read_arrow("interaction_rewards")
+    t = lake.read_arrow(task.table("interaction_rewards"))
     out: dict[str, dict] = {}
     for r in t.group_by(["model", "model_version"]).aggregate([("response_reward", "mean"),
                                                                ("interaction_id", "count")]).to_pylist():

@@ -1,0 +1,61 @@
+"""The task's curated SFT dataset, versioned as an Iceberg snapshot."""
+
+import dagster as dg
+
+from continuum_pipeline.defs.flywheel.keys import golden_key, group, key
+from continuum_pipeline.defs.metadata import column_schema, markdown_table
+from continuum_pipeline.defs.resources import LakeResource
+from continuum_pipeline.task.config import TaskConfig
+
+
+def held_out_ids(the_lake, task: TaskConfig) -> frozenset[str]:
+    """Interaction ids in the task's production golden sets: evaluation data never trains."""
+    ids: set[str] = set()
+    for spec in task.golden_sets:
+        table = task.table(f"golden__{spec.name}")
+        if spec.from_production and the_lake.table_exists(table):
+            ids.update(i for i in the_lake.read_arrow(table)["interaction_id"].to_pylist() if i)
+    return frozenset(ids)
+
+
+def sft_dataset(task: TaskConfig) -> dg.AssetsDefinition:
+    holdouts = [golden_key(task, g.name) for g in task.golden_sets if g.from_production]
+
+    @dg.asset(key=key(task, "sft_dataset"), group_name=group(task, "curation"),
+              deps=[key(task, "sft_candidates"), *holdouts], kinds={"iceberg", "python"},
+              description="Interactions whose reward passes the threshold, consent-checked (unknown consent only "
+                          "if the task allows it), not held out for evaluation, deduplicated, split "
+                          "train/validation, in TRL's conversational `messages` format.")
+    def _sft_dataset(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+        from continuum_pipeline.curation.dataset import CurationPolicy, curate_sft
+
+        the_lake = lake.lake()
+        candidates_table = task.table("sft_candidates")
+        candidates_snapshot = the_lake.current_snapshot_id(candidates_table)
+        policy = CurationPolicy(min_reward=task.curation.min_reward,
+                                validation_fraction=task.curation.validation_fraction,
+                                consent=tuple(task.curation.consent), held_out=held_out_ids(the_lake, task))
+        dataset = curate_sft(the_lake.read_arrow(candidates_table), policy)
+        snapshot_id = the_lake.replace_table(task.table("sft_dataset"), dataset.table, {
+            "continuum.candidates-snapshot-id": str(candidates_snapshot),
+            **{f"continuum.removed.{k}": str(v) for k, v in dataset.removed.items()},
+        })
+        removed = [("candidates", dataset.candidates, "")] + [(k, -v, "") for k, v in dataset.removed.items()]
+        removed.append(("**dataset**", dataset.table.num_rows, f"train {dataset.count('train')}, "
+                                                               f"validation {dataset.count('validation')}"))
+        by_source = dataset.table.group_by("target_source").aggregate([("interaction_id", "count")]).to_pylist()
+        context.log.info(f"{task.name}/sft_dataset: {dataset.table.num_rows} rows from {dataset.candidates} candidates")
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": dataset.table.num_rows,
+            "dagster/column_schema": column_schema(dataset.table.schema),
+            "snapshot_id": str(snapshot_id),
+            "train_rows": dataset.count("train"),
+            "validation_rows": dataset.count("validation"),
+            "eligible_rows": dataset.table.num_rows,
+            **{f"removed: {k}": v for k, v in dataset.removed.items()},
+            "summary": dg.MetadataValue.md(
+                markdown_table(["step", "rows", "note"], removed) + "\n\n"
+                + markdown_table(["target", "rows"], [(r["target_source"], r["interaction_id_count"]) for r in by_source])),
+        })
+
+    return _sft_dataset

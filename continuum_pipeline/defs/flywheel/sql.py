@@ -1,0 +1,53 @@
+"""The task models of dbt_like_sql/task/ (rewards, SFT candidates, daily quality), one copy per task."""
+
+from pathlib import Path
+
+import dagster as dg
+
+from continuum_pipeline.defs.flywheel.keys import group, key
+from continuum_pipeline.defs.metadata import column_schema, markdown_table, table_rows
+from continuum_pipeline.defs.resources import LakeResource
+from continuum_pipeline.sql_models.project import SqlModel, SqlProject
+from continuum_pipeline.task.config import TaskConfig
+
+
+def _deps(task: TaskConfig, model: SqlModel, project: SqlProject) -> list[dg.AssetKey]:
+    deps = [key(task, ref) if ref in project.models else dg.AssetKey(ref) for ref in model.refs]
+    for schema, table in model.sources:
+        if schema == "lake":
+            deps.append(dg.AssetKey(table))
+        elif schema == "task":
+            deps.append(key(task, table))
+    return deps
+
+
+def _asset(task: TaskConfig, model: SqlModel, project: SqlProject) -> dg.AssetsDefinition:
+    @dg.asset(key=key(task, model.name), group_name=group(task, "sql"), deps=_deps(task, model, project),
+              kinds={"duckdb", "sql", "iceberg"}, automation_condition=dg.AutomationCondition.eager(),
+              description=model.description or f"SQL model {model.path.name}",
+              metadata={"sql_file": str(model.path), "table": task.table(model.name),
+                        "sql": dg.MetadataValue.md(f"```sql\n{model.template.strip()}\n```")})
+    def _model(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+        from continuum_pipeline.sql_models.runner import run_model
+        from continuum_pipeline.task.sql import task_binding
+
+        the_lake = lake.lake()
+        result = run_model(the_lake, project, model.name, task_binding(task))
+        context.log.info(f"{task.name}/{model.name}: {result.rows} rows in {result.seconds:.2f}s")
+        preview = result.preview.to_pylist()
+        md = f"**{result.rows} rows** written to `{the_lake.namespace}.{task.table(model.name)}` in {result.seconds:.2f}s."
+        if preview:
+            md += "\n\n" + markdown_table(list(preview[0]), [list(r.values()) for r in preview])
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": table_rows(the_lake.table(task.table(model.name))),
+            "dagster/column_schema": column_schema(result.schema),
+            "snapshot_id": str(result.snapshot_id or ""),
+            "summary": dg.MetadataValue.md(md),
+        })
+
+    return _model
+
+
+def task_models(task: TaskConfig, sql_dir: Path) -> list[dg.AssetsDefinition]:
+    project = SqlProject.load_task_models(sql_dir)
+    return [_asset(task, project.models[name], project) for name in project.order()]
