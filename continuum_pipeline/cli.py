@@ -8,6 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from continuum_pipeline.run_guard import POOL_WAIT_EXIT_CODE, Interrupted, PoolWaitTimeout, watching_signals
 from continuum_pipeline.settings import Settings, SettingsError, get_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -18,6 +19,10 @@ telemetry:
 concurrency:
   pools:
     default_limit: 1
+run_monitoring:
+  enabled: true
+  max_resume_run_attempts: 0
+  free_slots_after_run_end_seconds: 30
 """
 
 
@@ -44,14 +49,17 @@ def _instance():
 def run_job(name: str, instance=None, tags: dict[str, str] | None = None, settings: Settings | None = None,
             raise_on_error: bool = True):
     """Run one of the code location's jobs in this process, recorded in the persisted instance (visible in the UI),
-    printing through the compact console logger."""
+    printing through the compact console logger. Guarded (run_guard): runs left by dead processes are failed and
+    their pool slots freed, a wait for a pool slot says what holds it and gives up after CONTINUUM_POOL_WAIT_SECONDS
+    (PoolWaitTimeout), SIGTERM/SIGINT stop the run (Interrupted) and nothing is left holding a slot."""
+    from continuum_pipeline import run_guard
     from continuum_pipeline.definitions import build_definitions
     from continuum_pipeline.defs.loggers import COMPACT_RUN_CONFIG
 
+    settings = settings or get_settings()
     job = build_definitions(settings).resolve_job_def(name)
-    result = job.execute_in_process(run_config=COMPACT_RUN_CONFIG, instance=instance or _instance(), tags=tags or {},
-                                    raise_on_error=raise_on_error)
-    return result
+    return run_guard.execute(job, instance or _instance(), wait_seconds=settings.pool_wait_seconds,
+                             run_config=COMPACT_RUN_CONFIG, tags=tags, raise_on_error=raise_on_error)
 
 
 def print_table(headers: list[str], rows: list[list]) -> None:
@@ -209,10 +217,17 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("settings", help="the settings in effect").set_defaults(fn=cmd_settings)
     args = parser.parse_args(argv)
     try:
-        return args.fn(args)
+        with watching_signals():  # SIGTERM/SIGINT end every command within seconds, runs included
+            return args.fn(args)
     except SettingsError as exc:
         print(f"continuum: {exc}", file=sys.stderr)
         return 2
+    except PoolWaitTimeout as exc:
+        print(f"continuum: {exc}", file=sys.stderr)
+        return POOL_WAIT_EXIT_CODE
+    except Interrupted as exc:
+        print(f"continuum: {exc}", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":
