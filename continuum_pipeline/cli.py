@@ -71,18 +71,6 @@ def print_table(headers: list[str], rows: list[list]) -> None:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from continuum_pipeline.demo import DemoSize, run_demo
-
-    size = DemoSize()
-    if args.scale != 1.0:
-        size = DemoSize(*(max(20, int(v * args.scale)) for v in (size.teacher_per_day, size.student_per_day,
-                                                                  size.after_change_per_day)))
-    report = run_demo(args.scenario, Path(args.json) if args.json else None, size)
-    show_lake(get_settings())
-    return 0 if all(report.targets.values()) or not args.strict else 1
-
-
 def cmd_lineage(args: argparse.Namespace) -> int:
     from continuum_pipeline.lake.catalog import Lake
     from continuum_pipeline.registry.lineage import version_lineage, versions_with_interaction
@@ -90,9 +78,10 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     settings = get_settings()
     lake = Lake.from_settings(settings)
     if args.interaction:
-        found = versions_with_interaction(lake, settings.mlflow_uri, settings.model_name, args.interaction)
+        names = [task.registered_model_name for task in configured_tasks(settings)]
+        found = versions_with_interaction(lake, settings.mlflow_uri, names, args.interaction)
         if not found:
-            print(f"no model version of {settings.model_name} was trained on interaction {args.interaction}")
+            print(f"no model version of {', '.join(names)} was trained on interaction {args.interaction}")
             return 1
         print_table(["model", "version", "aliases", "dataset snapshot"],
                     [[v.name, v.version, ", ".join(v.aliases), v.tags.get("continuum.dataset_snapshot_id")]
@@ -110,7 +99,9 @@ def cmd_lineage(args: argparse.Namespace) -> int:
         ["MLflow run", ref.run_id],
         ["training Dagster run", ref.tags.get("continuum.training_dagster_run_id", "")],
         ["registering Dagster run", ref.tags.get("continuum.dagster_run_id", "")],
-        ["golden set version", ref.tags.get("continuum.golden_set_version", "")],
+        ["task", ref.tags.get("continuum.task", "")],
+        ["golden set versions", ref.tags.get("continuum.golden_set_versions", "")],
+        ["judge versions", ref.tags.get("continuum.judge_versions", "")],
         ["sft_dataset snapshot", lineage.dataset_snapshot_id],
         ["interactions snapshot", ref.tags.get("continuum.interactions_snapshot_id", "")],
         ["interactions in the dataset", len(lineage.interaction_ids)],
@@ -124,7 +115,7 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
 
 def show_lake(settings: Settings) -> None:
-    from continuum_pipeline.capture.landing import list_segments
+    from continuum_pipeline.capture.landing import FAILED_DIR, list_failed, list_ignored, list_segments
     from continuum_pipeline.lake.catalog import Lake
 
     lake = Lake.from_settings(settings)
@@ -141,6 +132,13 @@ def show_lake(settings: Settings) -> None:
     print("What landed in the lake:")
     print_table(["table", "rows", "snapshots", "current snapshot"], rows)
     print(f"landing segments waiting: {len(list_segments(settings.landing_dir))}")
+    failed = list_failed(settings.landing_dir)
+    if failed:
+        print(f"landing segments failed (set aside in landing/{FAILED_DIR}/, reason in the quarantine): {len(failed)}")
+    ignored = list_ignored(settings.landing_dir)
+    if ignored:  # never ingested: say so, or a misnamed export waits unseen forever
+        shown = ", ".join(ignored[:20]) + (f", … ({len(ignored)} in all)" if len(ignored) > 20 else "")
+        print(f"ignored files in landing (segments are *.jsonl or *.jsonl.gz): {shown}")
     if lake.table_exists("quarantine"):
         q = lake.read_arrow("quarantine")
         if q.num_rows:
@@ -192,15 +190,95 @@ def cmd_settings(args: argparse.Namespace) -> int:
     return 0
 
 
+def configured_tasks(settings: Settings) -> list:
+    """The task instances of this code location (CONTINUUM_TASKS), validated."""
+    from continuum_pipeline.definitions import task_yaml_files
+    from continuum_pipeline.task.config import load_task_config
+
+    return [load_task_config(f) for f in task_yaml_files(settings.tasks)]
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from continuum_pipeline.lake.catalog import Lake
+    from continuum_pipeline.task.doctor import tasks_in_lake
+
+    settings = get_settings()
+    seen = tasks_in_lake(Lake.from_settings(settings))
+    if not seen:
+        print("the lake has no interactions yet: capture traffic (@capture, the OTLP receiver, the gateway) and run "
+              "`continuum ingest`")
+        return 0
+    instances = {task.select.task or task.name: task.name for task in configured_tasks(settings)}
+    print_table(["task", "interactions", "feedback rate", "models", "consent granted", "consent unknown",
+                 "first seen", "last seen", "instance"],
+                [[r["task"], r["interactions"], f"{r['feedback_rate']:.0%}", r["models"], r["consent_granted"],
+                  r["consent_unknown"], f"{r['first_seen']:%Y-%m-%d}", f"{r['last_seen']:%Y-%m-%d}",
+                  instances.get(r["task"], f"none: continuum init {r['task']}")] for r in seen])
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    import re
+
+    from continuum_pipeline.task.scaffold import render_template
+
+    name = re.sub(r"[^a-z0-9_]+", "_", args.task.lower()).strip("_")
+    if not name or not name[0].isalpha():
+        name = f"task_{name}"
+    folder = Path(args.into) / name
+    target = folder / "defs.yaml"
+    if target.exists():
+        print(f"continuum init: {target} exists; edit it, or pick another --into folder", file=sys.stderr)
+        return 1
+    text = render_template(name, captured_task=args.task)
+    folder.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    print(f"wrote {target}: fill in its judges, golden set and gate, then `CONTINUUM_TASKS={folder.parent} continuum "
+          "check`. In a dg project: `dg scaffold defs continuum_pipeline.FlywheelComponent " + name + "`.")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from continuum_pipeline.definitions import task_yaml_files
+    from continuum_pipeline.lake.catalog import Lake
+    from continuum_pipeline.task.doctor import check_tasks
+
+    settings = get_settings()
+    files = task_yaml_files(tuple(Path(p).resolve() for p in args.paths) or settings.tasks)
+    if not files:
+        print("continuum check: no task YAML found; `continuum init TASK` writes one", file=sys.stderr)
+        return 1
+    lake = Lake.from_settings(settings)
+    results = check_tasks(files, lake if lake.table_exists("interactions") else None)
+    for result in results:
+        name = result.task.name if result.task else "?"
+        print(f"{result.source}  (task {name}): {'ok' if result.ok else 'NOT READY'}")
+        for f in result.findings:
+            print(f"  {f.level:<7} {f.where}: {f.message}")
+    return 0 if all(r.ok for r in results) else 1
+
+
+def plugin_commands(sub) -> None:
+    """Commands other packages add through `continuum.commands` entry points (the example app adds `demo`)."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group="continuum.commands"):
+        entry.load()(sub)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="continuum", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the whole flywheel on the support-desk scenario (embedded default)")
-    demo.add_argument("--scenario", help="scenario file (YAML); default: the packaged support desk")
-    demo.add_argument("--json", help="write the learning curve and cycles here")
-    demo.add_argument("--scale", type=float, default=1.0, help="traffic volume factor (default 1.0)")
-    demo.add_argument("--strict", action="store_true", help="exit 1 when a learning target is missed")
-    demo.set_defaults(fn=cmd_demo)
+    plugin_commands(sub)
+    sub.add_parser("tasks", help="the tasks the lake has seen: counts, feedback rate, models, instance").set_defaults(
+        fn=cmd_tasks)
+    init = sub.add_parser("init", help="write a commented task YAML (FlywheelComponent instance) for TASK")
+    init.add_argument("task", help="a task name from `continuum tasks`")
+    init.add_argument("--into", default="tasks", help="folder to write TASK/defs.yaml into (default ./tasks)")
+    init.set_defaults(fn=cmd_init)
+    check = sub.add_parser("check", help="validate every task instance and say what is missing, before running")
+    check.add_argument("paths", nargs="*", help="task YAML files or folders (default: CONTINUUM_TASKS)")
+    check.set_defaults(fn=cmd_check)
     lineage = sub.add_parser("lineage", help="MODEL@VERSION → its dataset and interactions; or --interaction ID")
     lineage.add_argument("model", nargs="?", help="e.g. continuum-support@2")
     lineage.add_argument("--interaction", help="list the model versions whose datasets held this interaction")

@@ -59,7 +59,7 @@ def serve_traffic(n: int, seed: int, error_rate: float = 0.2, start: datetime | 
     def answer(messages: list[dict], dish: str, wrong: bool, ts: datetime) -> str:
         capture.annotate(contexts=[card(dish)], ts=ts,
                          metadata={"dish": dish, "cuisine": RECIPES[dish][0], "kind": RECIPES[dish][1],
-                                   "expected": answer_for(dish)})
+                                   "reference": answer_for(dish)})
         other = rng.choice([d for d in RECIPES if d != dish])
         return answer_for(other) if wrong else answer_for(dish)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import dagster as dg
 import pyarrow as pa

@@ -63,7 +63,15 @@ class Selection(_Strict):
         if self.models:
             conditions.append(f"{field_sql('model', alias)} in ({', '.join(map(sql_literal, self.models))})")
         for key, value in self.metadata.items():
-            conditions.append(f"{field_sql('metadata.' + key, alias)} = {sql_literal(str(value).lower() if isinstance(value, bool) else value)}")
+            field = field_sql("metadata." + key, alias)  # text (JSON's true/false as 'true'/'false')
+            if isinstance(value, bool):
+                conditions.append(f"{field} = {sql_literal(str(value).lower())}")
+            elif isinstance(value, int | float):
+                # As numbers (2 matches 2, 2.0 and "2"); a value that is no number is no match, not a cast error
+                # that would fail the whole query on one interaction's metadata.
+                conditions.append(f"try_cast({field} as double) = {sql_literal(float(value))}")
+            else:
+                conditions.append(f"{field} = {sql_literal(value)}")
         return " and ".join(conditions)
 
 
@@ -286,7 +294,8 @@ def parse_task_config(data: Any, source: str = "", source_dir: str | Path | None
     try:
         return TaskConfig.model_validate(data)
     except pydantic.ValidationError as exc:
-        raise TaskConfigError(format_validation_error(exc, prefix=source)) from None
+        lines = format_validation_error(exc).splitlines()
+        raise TaskConfigError("\n".join(f"{source}: {line}" if source else line for line in lines)) from None
 
 
 def load_task_config(path: str | Path) -> TaskConfig:

@@ -55,8 +55,7 @@ class TaskCheck:
         self.findings.append(Finding(level, where, message))
 
 
-def check_tasks(files: Sequence[Path], lake=None, judge_base_url: str | None = None,
-                timeout: float = 3.0) -> list[TaskCheck]:
+def check_tasks(files: Sequence[Path], lake=None, timeout: float = 3.0) -> list[TaskCheck]:
     """Validate every task instance and say what is missing, before anything runs."""
     results, names, models = [], {}, {}
     for path in files:
@@ -72,7 +71,7 @@ def check_tasks(files: Sequence[Path], lake=None, judge_base_url: str | None = N
             if value in seen:
                 result.add("error", what, f"{value!r} is also used by {seen[value]}; two tasks never share it")
             seen[value] = path
-        _check_judges(result, task, judge_base_url, timeout)
+        _check_judges(result, task, timeout)
         _check_golden_sets(result, task)
         _check_base_model(result, task)
         if lake is not None:
@@ -80,27 +79,28 @@ def check_tasks(files: Sequence[Path], lake=None, judge_base_url: str | None = N
     return results
 
 
-def _check_judges(result: TaskCheck, task: TaskConfig, judge_base_url: str | None, timeout: float) -> None:
-    from continuum_pipeline.judge.specs import JudgeEnvironment
+def _check_judges(result: TaskCheck, task: TaskConfig, timeout: float) -> None:
+    from continuum_pipeline.judge.specs import BASE_URL_ENV, JudgeEnvironment
 
+    env = JudgeEnvironment()
     for i, spec in enumerate(task.judges):
         where = f"judges[{i}] ({spec.name})"
-        base_url = getattr(spec, "base_url", None) or (judge_base_url if hasattr(spec, "base_url") else None)
-        if hasattr(spec, "base_url"):
+        if hasattr(spec, "base_url"):  # a model-based judge: its endpoint must answer
+            base_url = spec.base_url or env.get(BASE_URL_ENV)
             if not base_url:
-                result.add("error", where, "no endpoint: set `base_url` or CONTINUUM_JUDGE_BASE_URL to an "
-                                           "OpenAI-compatible server (vLLM, Ollama, OpenAI)")
+                result.add("error", where, f"no endpoint: set `base_url` or {BASE_URL_ENV} to an OpenAI-compatible "
+                                           "server (vLLM, Ollama, OpenAI)")
                 continue
             problem = _unreachable(base_url, timeout)
             if problem:
                 result.add("error", where, f"endpoint {base_url} is unreachable ({problem}); start it or fix base_url")
                 continue
         try:
-            spec.build(JudgeEnvironment(base_url=judge_base_url))
+            spec.build(env)
         except Exception as exc:  # any build failure is what the user must fix
             result.add("error", where, str(exc))
             continue
-        result.add("ok", where, f"{spec.kind} judge ready, version {spec.version()}")
+        result.add("ok", where, f"{spec.kind} judge ready, version {spec.version(env)}")
 
 
 def _unreachable(base_url: str, timeout: float) -> str | None:

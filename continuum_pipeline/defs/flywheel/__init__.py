@@ -12,7 +12,15 @@ from continuum_pipeline.task.config import TaskConfig
 
 
 def build_task_definitions(task: TaskConfig, sql_dir: Path | None = None) -> dg.Definitions:
-    from continuum_pipeline.defs.flywheel import curation, evaluation, labels, registry, sql, training, triggers
+    from continuum_pipeline.defs.flywheel import (
+        curation,
+        evaluation,
+        labels,
+        registry,
+        sql,
+        training,
+        triggers,
+    )
     from continuum_pipeline.defs.resources import default_sql_dir
 
     assets = [labels.reward_labels(task), *sql.task_models(task, sql_dir or default_sql_dir()),
