@@ -31,6 +31,7 @@ expiry on a slow run brings the double back.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import logging
 import os
@@ -44,9 +45,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from continuum_pipeline.capture.landing import ARCHIVE_DIR, list_segments
+from continuum_pipeline.capture.landing import ARCHIVE_DIR, FAILED_DIR, list_ignored, list_segments
 from continuum_pipeline.lake.catalog import Lake
-from continuum_pipeline.lake.normalize import normalize_batch, quarantine_table
+from continuum_pipeline.lake.normalize import (
+    NormalizedBatch,
+    failed_segment,
+    normalize_batch,
+    quarantine_table,
+)
 from continuum_pipeline.lake.schemas import INGEST_TABLES
 
 log = logging.getLogger(__name__)
@@ -78,6 +84,8 @@ class IngestReport:
     bytes_read: int = 0
     seconds: float = 0.0
     remaining_segments: int = 0
+    failed_segments: list[str] = field(default_factory=list)  # unreadable or not normalizable: moved to landing/failed/
+    ignored_files: list[str] = field(default_factory=list)  # in landing but no segment: never read, reported
 
     def rows(self, table: str) -> int:
         commit = self.commits.get(table)
@@ -102,23 +110,38 @@ def ingest_landing(lake: Lake, landing: Path, *, max_segments: int = 2000, max_b
     present = list_segments(landing)
     batch: list[str] = []
     contents: list[tuple[str, bytes]] = []
+    unreadable: list[NormalizedBatch] = []
     size = 0
     for name in present[:max_segments]:
         if size >= max_bytes:
             break  # bound the memory one run needs; the rest waits
-        data = (landing / name).read_bytes()
+        try:
+            data = _read_segment(landing / name, max_bytes)
+        except FileNotFoundError:
+            continue  # another run archived it since we listed it
+        except Exception as exc:  # unreadable or corrupt: set aside, or every run would fail on it again
+            log.warning("landing segment %s cannot be read: %s", name, exc)
+            unreadable.append(failed_segment(name, f"cannot be read ({type(exc).__name__}: {exc})"))
+            batch.append(name)
+            continue
         contents.append((name, data))
         batch.append(name)
         size += len(data)
-    report = IngestReport(segments=batch, remaining_segments=len(present) - len(batch), bytes_read=size)
-    emit("listed", {"segments": len(batch), "remaining": report.remaining_segments, "bytes": report.bytes_read})
+    report = IngestReport(segments=batch, remaining_segments=len(present) - len(batch), bytes_read=size,
+                          ignored_files=list_ignored(landing))
+    if report.ignored_files:
+        log.warning("%d files in %s are not landing segments (*.jsonl, *.jsonl.gz) and are not ingested: %s",
+                    len(report.ignored_files), landing, ", ".join(report.ignored_files[:20]))
+    emit("listed", {"segments": len(batch), "remaining": report.remaining_segments, "bytes": report.bytes_read,
+                    "ignored_files": len(report.ignored_files)})
     if not batch:
         return report
 
     now = datetime.now(UTC)
-    normalized = normalize_batch(contents, now, max_record_bytes)
+    normalized = NormalizedBatch.merge([normalize_batch(contents, now, max_record_bytes), *unreadable])
     del contents
     report.fast_path_segments = normalized.fast_path_segments
+    report.failed_segments = normalized.failed
     report.quarantine_reasons.update(q.error for q in normalized.quarantine)
     rows = {
         "interactions": normalized.interactions,
@@ -136,14 +159,29 @@ def ingest_landing(lake: Lake, landing: Path, *, max_segments: int = 2000, max_b
 
     archive = landing / ARCHIVE_DIR
     archive.mkdir(parents=True, exist_ok=True)
+    failed = set(report.failed_segments)
+    if failed:
+        (landing / FAILED_DIR).mkdir(exist_ok=True)
     for name in batch:
         # Gone: a concurrent run archived it after committing the same rows (we skipped them). Also in the
         # archive: it was dropped into landing again, so the copy replaces the identical archived one.
+        # A failed segment goes to landing/failed/ instead: its quarantine row says why, and it is not retried.
         with contextlib.suppress(FileNotFoundError):
-            os.replace(landing / name, archive / name)
+            os.replace(landing / name, (landing / FAILED_DIR if name in failed else archive) / name)
     emit("archived", {"segments": len(batch)})
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _read_segment(path: Path, max_bytes: int) -> bytes:
+    """A segment's bytes; a *.jsonl.gz one decompressed, refused past `max_bytes` (a gzip bomb must not take the run)."""
+    if path.name.endswith(".gz"):
+        with gzip.open(path) as f:
+            data = f.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise ValueError(f"decompresses to more than {max_bytes} bytes: split it into smaller segments")
+        return data
+    return path.read_bytes()
 
 
 def _commit_exactly_once(lake: Lake, name: str, rows: pa.Table, landing: Path, summary: dict[str, str],
