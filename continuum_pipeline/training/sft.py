@@ -60,6 +60,13 @@ def read_conversations(path: str) -> list[dict]:
         return [{"messages": json.loads(line)["messages"]} for line in handle if line.strip()]
 
 
+def as_examples(rows: list[dict], markers: bool) -> list[dict]:
+    """TRL conversational rows: whole conversations (loss via generation markers) or prompt/completion pairs."""
+    if markers:
+        return rows
+    return [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows]
+
+
 def train(config: SFTRunConfig, progress: Progress | None = None) -> SFTResult:
     import datasets
     import torch
@@ -87,6 +94,7 @@ def train(config: SFTRunConfig, progress: Progress | None = None) -> SFTResult:
     torch.set_num_threads(config.threads)
     tokenizer = AutoTokenizer.from_pretrained(config.base_model, revision=config.revision)
     model = AutoModelForCausalLM.from_pretrained(config.base_model, revision=config.revision, dtype=torch.float32)
+    markers = "{% generation %}" in (tokenizer.chat_template or "")
     lora = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
@@ -107,7 +115,9 @@ def train(config: SFTRunConfig, progress: Progress | None = None) -> SFTResult:
         seed=config.seed,
         data_seed=config.seed,
         max_length=config.max_length,
-        assistant_only_loss=True,
+        # Loss on the answers only: through the chat template's generation markers when it has them (builtin:tiny),
+        # else as TRL's prompt/completion pairs (most hub templates have no {% generation %} block).
+        assistant_only_loss=markers,
         packing=False,
         bf16=False,
         fp16=False,
@@ -128,8 +138,8 @@ def train(config: SFTRunConfig, progress: Progress | None = None) -> SFTResult:
     trainer = SFTTrainer(
         model=model,
         args=args,
-        train_dataset=Dataset.from_list(train_rows),
-        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+        train_dataset=Dataset.from_list(as_examples(train_rows, markers)),
+        eval_dataset=Dataset.from_list(as_examples(eval_rows, markers)) if eval_rows else None,
         processing_class=tokenizer,
         peft_config=lora,
         callbacks=[_Forward()],
