@@ -10,16 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from continuum_pipeline.defs.ingest.assets import ingest_job, ingest_landing_segments
-from continuum_pipeline.defs.ingest.sensors import landing_sensor
-from continuum_pipeline.defs.lake.assets import (
-    lake_maintenance,
-    lake_maintenance_job,
-    lake_maintenance_schedule,
-)
-from continuum_pipeline.defs.loggers import compact_console
-from continuum_pipeline.defs.resources import default_sql_dir, resources_from_settings
-from continuum_pipeline.defs.sql.assets import sql_assets, sql_models_job
+from continuum_pipeline.defs.data_plane import data_plane
 from continuum_pipeline.settings import Settings, get_settings
 
 
@@ -48,16 +39,7 @@ def load_tasks(paths: tuple[Path, ...]) -> list[dg.Definitions]:
 
 def build_definitions(settings: Settings | None = None, sql_dir: Path | None = None) -> dg.Definitions:
     settings = settings or get_settings()
-    sql_dir = sql_dir or default_sql_dir()
-    shared = dg.Definitions(
-        assets=[ingest_landing_segments, lake_maintenance, *sql_assets(sql_dir)],
-        jobs=[ingest_job, sql_models_job, lake_maintenance_job],
-        sensors=[landing_sensor],
-        schedules=[lake_maintenance_schedule],
-        resources=resources_from_settings(settings),
-        loggers={"compact_console": compact_console},
-    )
-    return dg.Definitions.merge(shared, *load_tasks(settings.tasks))
+    return dg.Definitions.merge(data_plane(settings, sql_dir), *load_tasks(settings.tasks))
 
 
 defs = build_definitions()
