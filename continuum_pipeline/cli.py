@@ -148,12 +148,24 @@ def show_lake(settings: Settings) -> None:
                          for r in q.select(["segment", "segment_line", "error", "reason"]).to_pylist()[:10]])
     if lake.table_exists("quality_daily"):
         qd = lake.read_arrow("quality_daily").to_pylist()
-        print("\nquality_daily:")
-        print_table(["day", "model", "interactions", "mean reward", "mean score", "neg. feedback rate", "p50 ms",
-                     "p95 ms", "error rate"],
-                    [[r["day"], r["model"], r["interactions"], r.get("mean_reward"), r["mean_score"],
-                      r["negative_feedback_rate"],
-                      r["p50_latency_ms"], r["p95_latency_ms"], r["error_rate"]] for r in qd[-10:]])
+        print("\nquality_daily (every task):")
+        print_table(["day", "task", "model", "interactions", "mean score", "neg. feedback rate", "p50 ms", "p95 ms",
+                     "error rate"],
+                    [[r["day"], r.get("task"), r["model"], r["interactions"], r["mean_score"],
+                      r["negative_feedback_rate"], r["p50_latency_ms"], r["p95_latency_ms"], r["error_rate"]]
+                     for r in qd[-10:]])
+    try:
+        tasks = configured_tasks(settings)
+    except Exception as exc:  # a broken task YAML must not hide the lake's state; `continuum check` explains it
+        print(f"\ntasks: cannot load them ({exc}); run `continuum check`")
+        tasks = []
+    for task in tasks:
+        if lake.table_exists(task.table("quality_daily")):
+            qd = lake.read_arrow(task.table("quality_daily")).to_pylist()
+            print(f"\n{task.name}/quality_daily (its reward, what its sensors watch):")
+            print_table(["day", "model", "version", "interactions", "mean reward", "neg. feedback rate"],
+                        [[r["day"], r["model"], r["model_version"], r["interactions"], r["mean_reward"],
+                          r["negative_feedback_rate"]] for r in qd[-10:]])
 
 
 def cmd_ui(args: argparse.Namespace) -> int:

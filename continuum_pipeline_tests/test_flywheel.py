@@ -25,7 +25,7 @@ TASK = load_task_config(Path(__file__).resolve().parents[1] / "continuum_pipelin
 
 # Small enough for CI on 2 cores; both gates run with their default margins: the good candidate must beat
 # the base on every slice, the corrupted one below must be blocked against v1.
-TRAIN = {"max_steps": 150}
+TRAIN = {"max_steps": 150, "threads": 1}  # two xdist workers share 2 cores
 RUN_CONFIG = {"ops": {
     "support_answer__base_model": {"config": {"pretraining_conversations": 300, "pretrain_max_steps": 200}},
     "support_answer__candidate_model": {"config": TRAIN},

@@ -46,6 +46,7 @@ class TrainingRunConfig(dg.Config):
     max_steps: int | None = None
     learning_rate: float | None = None
     seed: int | None = None
+    threads: int | None = None
 
 
 def base_model(task: TaskConfig) -> dg.AssetsDefinition:
