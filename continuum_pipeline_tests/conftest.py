@@ -18,6 +18,7 @@ from continuum_pipeline.capture.writer import WriterConfig
 from continuum_pipeline.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SQL_DIR = REPO_ROOT / "dbt_like_sql"
 
 
 @pytest.fixture
@@ -79,3 +80,38 @@ def write_segment(landing: Path, name: str, lines: list[dict | bytes]) -> Path:
     path = landing / f"{name}.jsonl"
     path.write_bytes(body)
     return path
+
+
+def task_config(**attributes):
+    """A minimal valid task named `support_answer` (the task interaction() records) with one `python` judge `kb`;
+    top-level attributes replace these defaults (the gate's metric names the first judge unless `gate` is given)."""
+    from continuum_pipeline.task.config import parse_task_config
+
+    data = {
+        "name": "support_answer",
+        "judges": [{"name": "kb", "kind": "python", "function": "continuum_pipeline_tests.judge_functions:plain_check"}],
+        "golden_sets": [{"name": "golden", "file": "golden.jsonl"}],
+        **attributes,
+    }
+    data.setdefault("gate", {"metrics": {"accuracy": {"judge": data["judges"][0]["name"]}}})
+    return parse_task_config(data)
+
+
+def run_task_sql(lake, task, sql_dir: Path = SQL_DIR) -> dict:
+    """The shared SQL models, then the task's own copy of dbt_like_sql/task/ (what the task's assets run);
+    the task models' results by name."""
+    from continuum_pipeline.sql_models.project import SqlProject
+    from continuum_pipeline.sql_models.runner import run_all, run_model
+    from continuum_pipeline.task.sql import task_binding
+
+    run_all(lake, SqlProject.load(sql_dir))
+    project = SqlProject.load_task_models(sql_dir)
+    binding = task_binding(task)
+    return {name: run_model(lake, project, name, binding) for name in project.order()}
+
+
+def label_task(lake, task, judges):
+    """Label the task's interactions (its selection) into its own reward_labels table."""
+    from continuum_pipeline.judge.labeling import label_interactions
+
+    return label_interactions(lake, judges, labels_table=task.table("reward_labels"), where=task.selection_sql())

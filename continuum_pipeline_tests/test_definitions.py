@@ -15,23 +15,44 @@ from continuum_pipeline.defs.resources import LandingResource
 from .conftest import REPO_ROOT, feedback, interaction, write_segment
 
 INGEST = ["interactions", "feedback_events", "quarantine"]
-SQL = ["stg_interactions", "stg_feedback_events", "interaction_feedback", "interaction_rewards", "sft_candidates",
-       "quality_daily"]
+SQL = ["stg_interactions", "stg_feedback_events", "interaction_feedback", "quality_daily"]
+TASK_SQL = ["interaction_rewards", "sft_candidates", "quality_daily"]  # per task, under the task's prefix
+
+
+def user_strings(keys) -> set[str]:
+    return {k.to_user_string() for k in keys}
 
 
 def test_definitions_load_with_groups_and_sql_dependencies(settings):
     defs = build_definitions(settings)
     graph = defs.resolve_asset_graph()
-    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    keys = user_strings(graph.get_all_asset_keys())
     assert set(INGEST + SQL + ["lake_maintenance"]) <= keys
     for key in INGEST:
         assert graph.get(dg.AssetKey(key)).group_name == "ingest"
     for key in SQL:
         assert graph.get(dg.AssetKey(key)).group_name == "sql"
-    parents = {p.to_user_string() for p in graph.get(dg.AssetKey("quality_daily")).parent_keys}
-    assert parents == {"stg_interactions", "interaction_feedback", "interaction_rewards"}
-    assert {p.to_user_string() for p in graph.get(dg.AssetKey("stg_interactions")).parent_keys} == {"interactions"}
-    assert {j.name for j in defs.resolve_all_job_defs()} >= {"ingest_job", "sql_models_job", "lake_maintenance_job"}
+    assert "interaction_rewards" not in keys and "sft_candidates" not in keys  # no shared learning-loop tables
+    assert user_strings(graph.get(dg.AssetKey("quality_daily")).parent_keys) == {"stg_interactions",
+                                                                                  "interaction_feedback"}
+    assert user_strings(graph.get(dg.AssetKey("stg_interactions")).parent_keys) == {"interactions"}
+
+    # the packaged example task (the default CONTINUUM_TASKS): its own SQL models, labels and triggers
+    for name in TASK_SQL:
+        assert graph.get(dg.AssetKey(["support_answer", name])).group_name == "support_answer_sql"
+    assert user_strings(graph.get(dg.AssetKey(["support_answer", "interaction_rewards"])).parent_keys) == {
+        "stg_interactions", "stg_feedback_events", "support_answer/reward_labels"}
+    assert user_strings(graph.get(dg.AssetKey(["support_answer", "quality_daily"])).parent_keys) == {
+        "stg_interactions", "interaction_feedback", "support_answer/interaction_rewards"}
+    assert user_strings(graph.get(dg.AssetKey(["support_answer", "sft_candidates"])).parent_keys) == {
+        "stg_interactions", "support_answer/interaction_rewards"}
+    assert user_strings(graph.get(dg.AssetKey(["support_answer", "reward_labels"])).parent_keys) == {"interactions"}
+    assert {j.name for j in defs.resolve_all_job_defs()} >= {
+        "ingest_job", "sql_models_job", "lake_maintenance_job", "support_answer_training_job",
+        "support_answer_monitoring_job"}
+    assert {s.name for s in defs.sensors} >= {"landing_sensor", "support_answer_sample_count_sensor",
+                                              "support_answer_quality_drop_sensor", "support_answer_error_rate_sensor"}
+    assert {s.name for s in defs.schedules} >= {"lake_maintenance_job_schedule", "support_answer_periodic_training"}
 
 
 def test_dagster_definitions_validate_passes(settings):
@@ -51,7 +72,7 @@ def test_ingest_and_sql_jobs_materialize_with_row_counts_schema_and_summary(sett
         sql = defs.resolve_job_def("sql_models_job").execute_in_process(instance=instance)
         assert sql.success
 
-        def latest(key: str) -> dict:
+        def latest(key: str | list[str]) -> dict:
             event = instance.get_latest_materialization_event(dg.AssetKey(key))
             return event.asset_materialization.metadata
 
@@ -66,6 +87,19 @@ def test_ingest_and_sql_jobs_materialize_with_row_counts_schema_and_summary(sett
         columns = {c.name for c in latest("interactions")["dagster/column_schema"].schema.columns}
         assert {"interaction_id", "ts", "messages", "segment", "segment_line"} <= columns
         assert "| day |" in latest("quality_daily")["summary"].value
+
+        # the task's monitoring job: its labels (the example's KB judge cannot check traffic without a scenario
+        # intent, so every interaction stays unlabelled, to retry) and its SQL models over its 30 interactions
+        monitoring = defs.resolve_job_def("support_answer_monitoring_job").execute_in_process(instance=instance)
+        assert monitoring.success
+        labels = latest(["support_answer", "reward_labels"])
+        assert (labels["labelled"].value, labels["failed"].value, labels["dagster/row_count"].value) == (0, 30, 0)
+        for name, rows in {"interaction_rewards": 30, "sft_candidates": 30, "quality_daily": 1}.items():
+            meta = latest(["support_answer", name])
+            assert meta["dagster/row_count"].value == rows, name
+            assert meta["dagster/column_schema"].schema.columns, name
+        columns = {c.name for c in latest(["support_answer", "quality_daily"])["dagster/column_schema"].schema.columns}
+        assert "mean_reward" in columns
 
 
 def test_lake_maintenance_asset_reports_what_it_did(settings):

@@ -14,7 +14,7 @@ from continuum_pipeline.settings import Settings, SettingsError
 from continuum_pipeline.sql_models.project import SqlProject
 from continuum_pipeline.sql_models.runner import run_all
 
-from .conftest import REPO_ROOT, feedback, interaction, write_segment
+from .conftest import REPO_ROOT, feedback, interaction, label_task, run_task_sql, task_config, write_segment
 
 PG = os.environ.get("CONTINUUM_TEST_POSTGRES_URI", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 
@@ -77,6 +77,17 @@ def test_iceberg_catalog_on_postgres_ingests_exactly_once_and_runs_sql(pg_settin
 
     results = {r.name: r.rows for r in run_all(lake, SqlProject.load(REPO_ROOT / "dbt_like_sql"))}
     assert results["stg_interactions"] == 41 and results["quality_daily"] == 1
+
+    # a task's labels and SQL models live in the same catalog, under the task's own table names
+    task = task_config()
+    assert label_task(lake, task, [spec.build() for spec in task.judges]).labelled == {"kb": 41}
+    task_results = {name: r.rows for name, r in run_task_sql(lake, task).items()}
+    assert task_results == {"interaction_rewards": 41, "sft_candidates": 41, "quality_daily": 1}
+    tables = {name for _, name in other.catalog.list_tables(pg_settings.namespace)}
+    assert {"support_answer__reward_labels", "support_answer__interaction_rewards", "support_answer__sft_candidates",
+            "support_answer__quality_daily", "quality_daily"} <= tables
+    (day,) = other.read_arrow("support_answer__quality_daily").to_pylist()
+    assert day["mean_reward"] == 1.0 and day["interactions"] == 41  # the judge says 1.0; 8 ratings of 1.0
 
 
 def test_dagster_storage_on_postgres_runs_the_ingest_job(pg_settings):

@@ -266,3 +266,72 @@ def test_simulate_traffic_goes_through_capture(desk, tmp_path):
     assert (again.correct, again.feedback_events, again.by_intent) == (stats.correct, stats.feedback_events,
                                                                        stats.by_intent)
     capture.flush()
+
+
+def test_example_app_plugs_in_through_its_task_yaml_judge_corpus_and_golden_file(desk, monkeypatch, tmp_path):
+    from continuum_pipeline.judge.base import JudgeInput
+    from continuum_pipeline.scenario import example
+    from continuum_pipeline.task.config import load_task_config
+
+    monkeypatch.delenv("CONTINUUM_SCENARIO", raising=False)
+    task = load_task_config(example.PACKAGED_TASK)
+    assert task.name == "support_answer" and task.base_model.builtin
+    assert task.base_model.pretraining_corpus == "continuum_pipeline.scenario.example:pretraining_corpus"
+    (spec,) = task.judges
+    assert spec.kind == "python" and spec.function == "continuum_pipeline.scenario.example:kb_check"
+
+    # the judge's version names the KB phase in effect (CONTINUUM_SCENARIO_PHASE): a policy change relabels
+    slots = {"order": "#44763"}
+    meta = {"intent": "refund_status", "slots": slots}
+    answers = {phase: desk.expected_answer("refund_status", slots, phase) for phase in ("before", "after")}
+    verdicts, versions = {}, {}
+    for phase in ("before", "after"):
+        monkeypatch.setenv("CONTINUUM_SCENARIO_PHASE", phase)
+        judge = spec.build()
+        versions[phase] = judge.version
+        verdicts[phase] = [v.score for v in judge.judge([JudgeInput("i1", None, None, a, meta)
+                                                         for a in (answers["before"], answers["after"])])]
+    assert versions["before"].endswith(f"-{desk.scenario.name}-before")
+    assert versions["after"].endswith(f"-{desk.scenario.name}-after") and versions["before"] != versions["after"]
+    assert verdicts == {"before": [1.0, 0.0], "after": [0.0, 1.0]}  # the stale answer is wrong after the change
+    monkeypatch.setenv("CONTINUUM_SCENARIO_PHASE", "later")
+    with pytest.raises(ValueError, match="later"):
+        example.phase()
+    monkeypatch.setenv("CONTINUUM_SCENARIO_PHASE", "before")
+    with pytest.raises(ValueError, match="no scenario intent"):  # unverifiable is an error, never a 0
+        example.kb_check(JudgeInput("i2", None, None, answers["before"], {"dish": "ramen"}))
+
+    # builtin:tiny's corpus: conversations the base model knows, and the tokenizer's vocabulary texts
+    corpus = example.pretraining_corpus(40)
+    assert corpus["conversations"] == desk.pretraining_conversations(40) and corpus["texts"] == desk.corpus_texts()
+
+    # the packaged golden file is what the scenario generates (regenerated, it is byte for byte the same)
+    packaged = example.PACKAGED_TASK.parent / task.golden_sets[0].file
+    assert example.write_golden_file(tmp_path / "golden.jsonl", desk).read_bytes() == packaged.read_bytes()
+    rows = [json.loads(line) for line in packaged.read_text().splitlines()]
+    assert {r["metadata"]["intent_group"] for r in rows} == {"changed_intents", "unchanged_intents"}
+    assert {r["id"] for r in rows} <= {g.golden_id for g in desk.golden_set()}
+
+
+def test_nothing_outside_the_example_app_imports_it():
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "continuum_pipeline"
+    offenders = []
+    for path in package.rglob("*.py"):
+        if "scenario" in path.relative_to(package).parts[:1]:
+            continue
+        here = ["continuum_pipeline", *path.relative_to(package).with_suffix("").parts][:-1]  # its package
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = here[:len(here) - node.level + 1] if node.level else []
+                module = ".".join([*base, *([node.module] if node.module else [])])
+                names = [module] + [f"{module}.{a.name}" for a in node.names]
+            else:
+                continue
+            if any(n == "continuum_pipeline.scenario" or n.startswith("continuum_pipeline.scenario.") for n in names):
+                offenders.append(f"{path.relative_to(package)}:{node.lineno}")
+    assert not offenders, f"only the example app (continuum_pipeline/scenario/) may import it: {offenders}"

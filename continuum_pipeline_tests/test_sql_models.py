@@ -7,25 +7,40 @@ from pathlib import Path
 
 import pytest
 
+from continuum_pipeline.judge.verifier import ProgrammaticVerifier
 from continuum_pipeline.lake.ingest import ingest_landing
 from continuum_pipeline.sql_models.project import SqlProject, SqlProjectError
 from continuum_pipeline.sql_models.runner import run_all, run_model
 
-from .conftest import REPO_ROOT, feedback, interaction, write_segment
-
-SQL_DIR = REPO_ROOT / "dbt_like_sql"
+from .conftest import SQL_DIR, feedback, interaction, label_task, run_task_sql, task_config, write_segment
 
 
 def test_project_reads_dependencies_and_orders_models():
     project = SqlProject.load(SQL_DIR)
+    assert set(project.models) == {"stg_interactions", "stg_feedback_events", "interaction_feedback", "quality_daily"}
     assert project.models["stg_interactions"].sources == (("lake", "interactions"),)
-    assert set(project.models["quality_daily"].refs) == {"stg_interactions", "interaction_feedback", "interaction_rewards"}
-    assert project.models["interaction_rewards"].sources == (("lake", "reward_labels"),)
+    assert set(project.models["quality_daily"].refs) == {"stg_interactions", "interaction_feedback"}
     order = project.order()
     for model in project.models.values():
         for ref in model.refs:
             assert order.index(ref) < order.index(model.name)
-    assert project.sources() == {("lake", "interactions"), ("lake", "feedback_events"), ("lake", "reward_labels")}
+    assert project.sources() == {("lake", "interactions"), ("lake", "feedback_events")}
+
+
+def test_task_models_read_the_tasks_tables_and_config_and_ref_the_shared_models():
+    task = SqlProject.load_task_models(SQL_DIR)
+    assert set(task.models) == {"interaction_rewards", "sft_candidates", "quality_daily"}
+    assert task.shared is not None and "quality_daily" in task.shared.models  # same name, its own table
+    rewards = task.models["interaction_rewards"]
+    assert set(rewards.refs) == {"stg_interactions", "stg_feedback_events"}
+    assert set(rewards.sources) == {("task", "reward_labels"), ("config", "judge_weights"),
+                                    ("config", "implicit_signals"), ("config", "outcomes")}
+    assert set(task.models["quality_daily"].refs) == {"stg_interactions", "interaction_feedback", "interaction_rewards"}
+    assert set(task.models["sft_candidates"].refs) == {"stg_interactions", "interaction_rewards"}
+    order = task.order()
+    assert order.index("interaction_rewards") < order.index("sft_candidates")
+    assert order.index("interaction_rewards") < order.index("quality_daily")
+    assert set(order) == set(task.models)  # the shared models it refs run in the shared project
 
 
 def write_sql(root: Path, files: dict[str, str]) -> Path:
@@ -43,6 +58,12 @@ def test_unknown_ref_cycle_and_bad_source_are_clear_errors(tmp_path):
                                                     "y.sql": "select * from {{ ref('x') }}"}))
     with pytest.raises(SqlProjectError, match="only source schema is 'lake'"):
         SqlProject.load(write_sql(tmp_path / "c", {"z.sql": "select * from {{ source('raw', 't') }}"}))
+    with pytest.raises(SqlProjectError, match="only source schema is 'lake'"):  # task sources: task models only
+        SqlProject.load(write_sql(tmp_path / "e", {"z.sql": "select * from {{ source('task', 'reward_labels') }}"}))
+    with pytest.raises(SqlProjectError, match="'lake', 'task' or 'config'"):
+        SqlProject.load_task_models(write_sql(tmp_path / "f", {"task/z.sql": "select * from {{ source('raw', 't') }}"}))
+    with pytest.raises(SqlProjectError, match=r"ref\('nope'\) names no model"):
+        SqlProject.load_task_models(write_sql(tmp_path / "g", {"task/z.sql": "select * from {{ ref('nope') }}"}))
     with pytest.raises(SqlProjectError, match="lower_snake_case"):
         SqlProject.load(write_sql(tmp_path / "d", {"Bad-Name.sql": "select 1"}))
 
@@ -71,6 +92,7 @@ def test_quality_daily_matches_hand_computed_values(lake, settings):
 
     rows = {(r["day"], r["model"]): r for r in lake.read_arrow("quality_daily").to_pylist()}
     a1, b1, a2 = rows[(date(2026, 11, 20), "A")], rows[(date(2026, 11, 20), "B")], rows[(date(2026, 11, 21), "A")]
+    assert a1["task"] == "support_answer" and "mean_reward" not in a1  # rewards are per task
     assert a1["interactions"] == 4
     assert a1["mean_score"] == pytest.approx((0.75 + 0.0) / 2)  # mean of per-interaction means, scored ones only
     assert a1["interactions_with_feedback"] == 3
@@ -105,5 +127,131 @@ def test_model_before_its_source_exists_says_what_to_do(settings, tmp_path):
     from continuum_pipeline.lake.catalog import Lake
 
     root = write_sql(tmp_path / "sql", {"m.sql": "select * from {{ source('lake', 'interactions') }}"})
-    with pytest.raises(LookupError, match="materialize the ingest assets first"):
+    with pytest.raises(LookupError, match=r"source\('lake', 'interactions'\) is not in the lake yet \(table "
+                                          r"interactions\); materialize the asset that writes it first"):
         run_model(Lake.from_settings(settings), SqlProject.load(root), "m")
+
+
+def judged_by(scores: dict[int, float], name: str = "kb"):
+    """A judge giving interaction i the score scores[i]."""
+    return ProgrammaticVerifier(lambda item: (scores[int(item.interaction_id[1:])], "as given"), name=name)
+
+
+def rewards_by_id(lake, task) -> dict[str, dict]:
+    return {r["interaction_id"]: r for r in lake.read_arrow(task.table("interaction_rewards")).to_pylist()}
+
+
+def test_rewards_follow_the_tasks_weights_signals_outcomes_and_corrections(lake, settings):
+    judges = [{"name": n, "kind": "python", "function": "continuum_pipeline_tests.judge_functions:plain_check"}
+              for n in ("kb", "style", "noise")]
+    reward = {"judges": {"kb": 3, "style": 1},  # noise is a judge but not in the reward: weight 0
+              "weights": {"judges": 0.6, "explicit": 0.3, "implicit": 0.1},
+              "implicit_signals": {"copy": 1.0, "retry": 0.0}, "outcomes": {"ticket_reopened": 0.0, "escalated": 0.25},
+              "corrections": {"as_target": False, "target_reward": 0.9}}
+    task = task_config(judges=judges, reward=reward)
+    write_segment(settings.landing_dir, "20261121T000000Z-w1", [
+        *[interaction(i) for i in range(1, 8)], interaction(10, task="other_task"),
+        feedback(1, "i000002", score=0.5), feedback(2, "i000002", score=None, signal="copy"),
+        feedback(3, "i000003", score=None, signal="retry"), feedback(4, "i000003", score=None, signal="share"),
+        feedback(5, "i000004", score=1.0), feedback(6, "i000004", score=None, outcome="escalated"),
+        feedback(7, "i000005", score=None, outcome="escalated"), feedback(8, "i000005", score=None, outcome="ticket_reopened"),
+        feedback(9, "i000006", score=1.0), feedback(10, "i000006", score=None, outcome="resolved"),
+        feedback(11, "i000007", score=None, correction="the fixed answer"),
+    ])
+    ingest_landing(lake, settings.landing_dir)
+    label_task(lake, task, [judged_by({1: 1, 2: 1, 3: 0, 4: 1, 5: 1, 6: 1, 7: 0}, "kb"),
+                            judged_by({1: 0, 2: 1, 3: 1, 4: 1, 5: 1, 6: 0, 7: 0}, "style"),
+                            judged_by(dict.fromkeys(range(1, 8), 0.0), "noise")])
+    # arrive after labelling: feedback only, and nothing at all
+    write_segment(settings.landing_dir, "20261121T000001Z-w2", [
+        interaction(8), interaction(9), feedback(12, "i000008", score=0.0), feedback(13, "i000008", score=None, signal="copy")])
+    ingest_landing(lake, settings.landing_dir)
+    results = run_task_sql(lake, task)
+    assert results["interaction_rewards"].rows == 9  # the other task's interaction is not this task's
+
+    r = rewards_by_id(lake, task)
+    expected = {  # (judge_score, response_reward); target_reward is the same here: one judge version
+        "i000001": (0.75, 0.75),  # judges (3·1 + 1·0)/4; nothing else
+        "i000002": (1.0, (0.6 * 1.0 + 0.3 * 0.5 + 0.1 * 1.0) / 1.0),  # rating 0.5, copy → 0.85
+        "i000003": (0.25, (0.6 * 0.25 + 0.1 * 0.0) / 0.7),  # retry → 0; share is no configured signal
+        "i000004": (1.0, 0.25),  # an outcome replaces the combined reward
+        "i000005": (1.0, 0.0),  # several outcomes: the lowest
+        "i000006": (0.75, (0.6 * 0.75 + 0.3 * 1.0) / 0.9),  # "resolved" is no configured outcome
+        "i000007": (0.0, 0.0),  # an edit says the answer was wrong
+        "i000008": (None, (0.3 * 0.0 + 0.1 * 1.0) / 0.4),  # no judge yet: feedback alone
+        "i000009": (None, None),  # nothing known: no reward, not 0
+    }
+    for iid, (judge_score, reward_value) in expected.items():
+        row = r[iid]
+        assert row["judge_score"] == pytest.approx(judge_score) and row["response_reward"] == pytest.approx(
+            reward_value), (iid, row)
+        assert row["target_reward"] == pytest.approx(reward_value), (iid, row)
+    assert (r["i000001"]["judges"], r["i000008"]["judges"]) == (2, 0)  # noise does not count
+    assert (r["i000002"]["feedback_score"], r["i000002"]["implicit_score"]) == (0.5, 1.0)
+    assert r["i000003"]["implicit_score"] == 0.0 and r["i000003"]["feedback_score"] is None
+    assert (r["i000004"]["outcome_reward"], r["i000005"]["outcome_reward"], r["i000006"]["outcome_reward"]) == (
+        0.25, 0.0, None)
+    assert r["i000007"]["correction"] is None  # as_target false: the edit is not a training target
+    candidates = {c["interaction_id"]: c for c in lake.read_arrow(task.table("sft_candidates")).to_pylist()}
+    assert (candidates["i000007"]["target_response"], candidates["i000007"]["target_source"],
+            candidates["i000007"]["reward"]) == ("answer 7", "response", 0.0)
+
+    # as_target true: the edit becomes the target at the configured reward; what the model said still scores 0
+    as_target = task_config(judges=judges, reward={**reward, "corrections": {"as_target": True, "target_reward": 0.9}})
+    run_task_sql(lake, as_target)
+    corrected = rewards_by_id(lake, as_target)["i000007"]
+    assert (corrected["response_reward"], corrected["target_reward"], corrected["correction"]) == (
+        0.0, 0.9, "the fixed answer")
+    candidate = next(c for c in lake.read_arrow(task.table("sft_candidates")).to_pylist()
+                     if c["interaction_id"] == "i000007")
+    assert (candidate["target_response"], candidate["target_source"], candidate["reward"]) == (
+        "the fixed answer", "correction", 0.9)
+
+    # no `reward.judges`: every judge counts, weight 1
+    equal = task_config(judges=judges, reward={k: v for k, v in reward.items() if k != "judges"})
+    run_task_sql(lake, equal)
+    r = rewards_by_id(lake, equal)
+    assert r["i000001"]["judge_score"] == pytest.approx(1 / 3) and r["i000001"]["judges"] == 3
+    assert r["i000002"]["judge_score"] == pytest.approx(2 / 3)
+
+
+def test_each_task_has_its_own_quality_daily_with_mean_reward(lake, settings):
+    write_segment(settings.landing_dir, "20261121T000000Z-t", [
+        interaction(1, ts="2026-11-20T08:00:00Z", model="A"),
+        interaction(2, ts="2026-11-20T09:00:00Z", model="A"),
+        interaction(3, ts="2026-11-20T10:00:00Z", model="A", status="error", response=None, error_type="Timeout"),
+        interaction(4, ts="2026-11-20T11:00:00Z", model="A", task="recipe_answer"),
+        interaction(5, ts="2026-11-21T08:00:00Z", model="A"),
+        interaction(6, ts="2026-11-20T12:00:00Z", model="B"),
+        interaction(7, ts="2026-11-20T13:00:00Z", model="A", task="recipe_answer"),
+        feedback(1, "i000001", score=1.0), feedback(2, "i000006", score=0.0), feedback(3, "i000007", score=0.0),
+    ])
+    ingest_landing(lake, settings.landing_dir)
+    support, recipes = task_config(), task_config(name="recipe_answer")
+    label_task(lake, support, [judged_by({1: 1.0, 2: 0.0, 5: 1.0, 6: 0.0})])
+    label_task(lake, recipes, [judged_by({4: 0.5, 7: 1.0})])
+    run_task_sql(lake, support)
+    run_task_sql(lake, recipes)
+
+    def daily(table: str) -> dict:
+        return {(r["day"], r["model"]): r for r in lake.read_arrow(table).to_pylist()}
+
+    d20, d21 = date(2026, 11, 20), date(2026, 11, 21)
+    mine = daily("support_answer__quality_daily")
+    assert set(mine) == {(d20, "A"), (d20, "B"), (d21, "A")}  # the recipe task's interactions are not here
+    a1 = mine[(d20, "A")]
+    assert a1["interactions"] == 3 and a1["mean_reward"] == pytest.approx(0.5)  # 1.0 and 0.0; the failed call: none
+    assert a1["error_rate"] == pytest.approx(1 / 3) and a1["interactions_with_feedback"] == 1
+    assert a1["negative_feedback_rate"] == 0.0 and a1["mean_score"] == 1.0
+    assert mine[(d20, "B")]["mean_reward"] == 0.0 and mine[(d20, "B")]["negative_feedback_rate"] == 1.0
+    assert mine[(d21, "A")]["mean_reward"] == 1.0 and mine[(d21, "A")]["negative_feedback_rate"] is None
+
+    theirs = daily("recipe_answer__quality_daily")
+    assert set(theirs) == {(d20, "A")}
+    assert theirs[(d20, "A")]["interactions"] == 2
+    assert theirs[(d20, "A")]["mean_reward"] == pytest.approx((0.5 + 0.7 * 1.0) / 2)  # i7: (0.7·1 + 0.3·0) / 1
+    assert theirs[(d20, "A")]["negative_feedback_rate"] == 1.0
+
+    shared = {(r["day"], r["task"], r["model"]): r["interactions"] for r in lake.read_arrow("quality_daily").to_pylist()}
+    assert shared == {(d20, "support_answer", "A"): 3, (d20, "support_answer", "B"): 1,
+                      (d21, "support_answer", "A"): 1, (d20, "recipe_answer", "A"): 2}

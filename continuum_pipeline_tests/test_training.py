@@ -208,3 +208,51 @@ def test_milestones_fire_first_then_every_share_and_at_the_end():
     assert quarters.due(750, 750)  # the end always reports when at_end
     quiet_end = Milestones(0.5, at_end=False)
     assert [done for done in (1, 2, 5, 6, 7) if quiet_end.due(done, 7)] == [1, 5]  # no extra line at 7 of 7
+
+
+def toy_corpus(n: int) -> dict[str, list]:
+    """A `base_model.pretraining_corpus` hook (imported by path, as a task YAML names it)."""
+    return {"conversations": toy_conversations(n), "texts": VOCAB}
+
+
+def toy_corpus_list(n: int) -> list[list[dict]]:
+    return toy_conversations(n)
+
+
+def test_pretraining_corpus_comes_from_the_hook_or_the_tasks_traffic():
+    captured = toy_conversations(3, first_order=99001)
+    hook = bm.pretraining_corpus("continuum_pipeline_tests.test_training:toy_corpus", 5, lambda: pytest.fail("read"))
+    assert hook == (toy_conversations(5), VOCAB)
+    assert bm.pretraining_corpus("continuum_pipeline_tests.test_training:toy_corpus_list", 4,
+                                 lambda: captured) == (toy_conversations(4), [])
+    assert bm.pretraining_corpus(None, 600, lambda: captured) == (captured, [])
+    with pytest.raises(ValueError, match="no captured interactions yet"):
+        bm.pretraining_corpus(None, 600, lambda: [])
+    with pytest.raises(ValueError, match="pretraining_corpus: cannot import"):
+        bm.pretraining_corpus("continuum_pipeline_tests.test_training:no_such_corpus", 5, lambda: captured)
+
+
+def test_check_pretrained_loads_a_local_model_and_wants_a_chat_template(base_dir, tmp_path):
+    import shutil
+
+    info = bm.check_pretrained(str(base_dir))
+    assert info["model_type"] == "llama" and info["architecture"] == "LlamaForCausalLM" and info["vocabulary"] > 0
+    with pytest.raises(ValueError, match="cannot load it with from_pretrained"):
+        bm.check_pretrained(str(tmp_path / "nothing-here"))
+    bare = shutil.copytree(base_dir, tmp_path / "no-template")
+    (bare / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((bare / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (bare / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="has no chat template"):
+        bm.check_pretrained(str(bare))
+
+
+def test_lora_targets_every_linear_layer_but_the_output_head_by_default(sft_run):
+    config, result, _ = sft_run
+    assert config.target_modules == "all-linear"
+    adapter = json.loads((Path(result.adapter_dir) / "adapter_config.json").read_text())
+    targets = adapter["target_modules"]  # PEFT saves what all-linear resolved to: every layer's modules
+    assert {t.split(".")[-1] for t in targets} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                   "down_proj"}
+    assert len(set(targets)) == 7 * TINY.layers and not any("lm_head" in t for t in targets)

@@ -39,14 +39,14 @@ The CI is two-sided at 1 − 2α (each bound one-sided at α) and not multiplici
 unadjusted p of the mode's test, "Holm p" the adjusted one the decision uses ("—": outside the family).
 Holm and the exact tests are written out here (statsmodels is not installed, scipy is no dependency); each is
 a few lines, tested against hand-computed values. It replaces the point-margin rule Δ ≥ −max(0.03, 1/n)
-(`compare`, kept until the eval gate asset calls `decide`); test_gate.py shows where the two disagree.
+(`compare`, which nothing in the package calls any more); test_gate.py shows where the two disagree.
 """
 
 from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from statistics import NormalDist
 from typing import Literal
@@ -54,7 +54,6 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator
 
-PASS_SCORE = 0.5  # a check score at or above this counts as a success
 _EPS = 1e-9  # float slack for point rules and ties
 
 
@@ -469,29 +468,16 @@ def bootstrap_p(means: np.ndarray, delta: float, alternative: Literal["less", "g
     return float((1 + np.count_nonzero(on_null_side)) / (len(means) + 1))
 
 
-# --- golden-set helpers (others import them from here for now) ---------------------------------------------
+# --- the previous margin rule: nothing in the package calls it (the eval gate asset calls `decide`); kept for
+# test_gate.py, which shows where the two rules disagree --------------------------------------------------------
 @dataclass(frozen=True)
 class GoldenExample:
     golden_id: str
     slices: tuple[str, ...]  # e.g. ("refund_status", "changed_intents", "all")
     messages: list[dict]
-    metadata: dict  # what the check needs (intent, slots, phase)
+    metadata: dict
 
 
-def success(answers: Sequence[str], examples: Sequence[GoldenExample],
-            check: Callable[[str, dict], tuple[float, str]]) -> list[bool]:
-    return [check(answer, ex.metadata)[0] >= PASS_SCORE for answer, ex in zip(answers, examples, strict=True)]
-
-
-def success_rates(outcomes: Sequence[bool], examples: Sequence[GoldenExample]) -> dict[str, float]:
-    by_slice: dict[str, list[bool]] = {}
-    for ok, ex in zip(outcomes, examples, strict=True):
-        for s in ex.slices:
-            by_slice.setdefault(s, []).append(ok)
-    return {s: sum(v) / len(v) for s, v in sorted(by_slice.items())}
-
-
-# --- the previous margin rule: kept only until the eval_gate asset calls `decide` ---------------------------
 @dataclass(frozen=True)
 class SliceResult:
     slice: str
