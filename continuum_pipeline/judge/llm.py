@@ -19,7 +19,7 @@ from continuum_pipeline.judge.base import (
     weighted_mean,
 )
 from continuum_pipeline.judge.cache import VerdictCache, cache_key, dump_criteria, load_criteria
-from continuum_pipeline.judge.spend import Prices, SpendMeter
+from continuum_pipeline.judge.spend import Metered, Prices, SpendMeter
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.DOTALL | re.IGNORECASE)
 _THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
@@ -40,7 +40,7 @@ class _Unusable(ValueError):
         self.criterion = criterion
 
 
-class LLMJudge:
+class LLMJudge(Metered):
     """Scores each interaction on every rubric criterion; the verdict's score is their weighted mean.
 
     Spend is metered from each response's `usage` at `prices`; once `cost_budget_usd` is spent no new
@@ -98,23 +98,6 @@ class LLMJudge:
     @property
     def max_concurrency(self) -> int:
         return self.concurrency
-
-    @property
-    def spent_usd(self) -> float:
-        return self.meter.spent_usd
-
-    @property
-    def requests(self) -> int:
-        """HTTP requests sent, the SDK's retries included."""
-        return self.meter.requests
-
-    @property
-    def cache_hits(self) -> int:
-        return self.meter.cache_hits
-
-    @property
-    def budget_exhausted(self) -> bool:
-        return self.meter.exhausted
 
     def judge(self, items: Sequence[JudgeInput]) -> list[Verdict]:
         items = list(items)

@@ -26,7 +26,7 @@ from continuum_pipeline.judge.base import (
     weighted_mean,
 )
 from continuum_pipeline.judge.cache import VerdictCache, cache_key, dump_criteria, load_criteria
-from continuum_pipeline.judge.spend import Prices, SpendMeter
+from continuum_pipeline.judge.spend import Metered, Prices, SpendMeter
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def import_ragas() -> Any:
     return collections
 
 
-class RagasJudge:
+class RagasJudge(Metered):
     """Scores each item on every configured ragas metric; the verdict's score is their weighted mean.
 
     Metrics run concurrently (at most `max_concurrency` items at once) on one event loop per `judge` call.
@@ -133,22 +133,6 @@ class RagasJudge:
         self.temperature, self.max_concurrency = temperature, max_concurrency
         self.timeout, self.max_retries, self.cache = timeout, max_retries, cache
         self._local_embeddings: Any = None  # a sentence-transformers model loads once per judge
-
-    @property
-    def spent_usd(self) -> float:
-        return self.meter.spent_usd
-
-    @property
-    def requests(self) -> int:
-        return self.meter.requests
-
-    @property
-    def cache_hits(self) -> int:
-        return self.meter.cache_hits
-
-    @property
-    def budget_exhausted(self) -> bool:
-        return self.meter.exhausted
 
     def judge(self, items: Sequence[JudgeInput]) -> list[Verdict]:
         outcomes = self.judge_each(items)

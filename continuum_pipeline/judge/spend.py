@@ -102,3 +102,26 @@ class SpendMeter:
                 read_body_usage(response.read())
 
         return {"request": [on_request], "response": [on_response] if read_usage else []}
+
+
+class Metered:
+    """What a model-based judge reports from its `meter` (a SpendMeter): the labelling loop reads these."""
+
+    meter: SpendMeter
+
+    @property
+    def spent_usd(self) -> float:
+        return self.meter.spent_usd
+
+    @property
+    def requests(self) -> int:
+        """HTTP requests sent, the SDK's retries included."""
+        return self.meter.requests
+
+    @property
+    def cache_hits(self) -> int:
+        return self.meter.cache_hits
+
+    @property
+    def budget_exhausted(self) -> bool:
+        return self.meter.exhausted

@@ -5,8 +5,8 @@ from pathlib import Path
 import dagster as dg
 
 from continuum_pipeline.defs.flywheel.keys import group, key
-from continuum_pipeline.defs.metadata import column_schema, markdown_table, table_rows
 from continuum_pipeline.defs.resources import LakeResource
+from continuum_pipeline.defs.sql.assets import run_sql_model
 from continuum_pipeline.sql_models.project import SqlModel, SqlProject
 from continuum_pipeline.task.config import TaskConfig
 
@@ -28,22 +28,9 @@ def _asset(task: TaskConfig, model: SqlModel, project: SqlProject) -> dg.AssetsD
               metadata={"sql_file": str(model.path), "table": task.table(model.name),
                         "sql": dg.MetadataValue.md(f"```sql\n{model.template.strip()}\n```")})
     def _model(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
-        from continuum_pipeline.sql_models.runner import run_model
         from continuum_pipeline.task.sql import task_binding
 
-        the_lake = lake.lake()
-        result = run_model(the_lake, project, model.name, task_binding(task))
-        context.log.info(f"{task.name}/{model.name}: {result.rows} rows in {result.seconds:.2f}s")
-        preview = result.preview.to_pylist()
-        md = f"**{result.rows} rows** written to `{the_lake.namespace}.{task.table(model.name)}` in {result.seconds:.2f}s."
-        if preview:
-            md += "\n\n" + markdown_table(list(preview[0]), [list(r.values()) for r in preview])
-        return dg.MaterializeResult(metadata={
-            "dagster/row_count": table_rows(the_lake.table(task.table(model.name))),
-            "dagster/column_schema": column_schema(result.schema),
-            "snapshot_id": str(result.snapshot_id or ""),
-            "summary": dg.MetadataValue.md(md),
-        })
+        return run_sql_model(context, lake.lake(), project, model.name, task_binding(task))
 
     return _model
 

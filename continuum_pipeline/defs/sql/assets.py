@@ -9,6 +9,27 @@ from continuum_pipeline.defs.resources import LakeResource
 from continuum_pipeline.sql_models.project import SqlModel, SqlProject
 
 
+def run_sql_model(context: dg.AssetExecutionContext, the_lake, project: SqlProject, name: str,
+                  binding=None) -> dg.MaterializeResult:
+    """Run one SQL model (a task's copy when `binding` is given) and describe what it wrote."""
+    from continuum_pipeline.sql_models.runner import output_table, run_model
+
+    result = run_model(the_lake, project, name, binding)
+    table = output_table(project, name, binding)
+    context.log.info(f"{table}: {result.rows} rows in {result.seconds:.2f}s")
+    preview = result.preview.to_pylist()
+    md = f"**{result.rows} rows** written to `{the_lake.namespace}.{table}` in {result.seconds:.2f}s."
+    if preview:
+        md += "\n\n" + markdown_table(list(preview[0]), [list(r.values()) for r in preview])
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": table_rows(the_lake.table(table)),
+        "dagster/column_schema": column_schema(result.schema),
+        "snapshot_id": str(result.snapshot_id or ""),
+        "table": f"{the_lake.namespace}.{table}",
+        "summary": dg.MetadataValue.md(md),
+    })
+
+
 def sql_model_asset(model: SqlModel, project: SqlProject) -> dg.AssetsDefinition:
     deps = [dg.AssetKey(ref) for ref in model.refs] + [dg.AssetKey(table) for _, table in model.sources]
 
@@ -22,22 +43,7 @@ def sql_model_asset(model: SqlModel, project: SqlProject) -> dg.AssetsDefinition
         metadata={"sql_file": str(model.path), "sql": dg.MetadataValue.md(f"```sql\n{model.template.strip()}\n```")},
     )
     def _model(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
-        from continuum_pipeline.sql_models.runner import run_model
-
-        the_lake = lake.lake()
-        result = run_model(the_lake, project, model.name)
-        context.log.info(f"{model.name}: {result.rows} rows in {result.seconds:.2f}s")
-        preview = result.preview.to_pylist()
-        md = f"**{result.rows} rows** written to `{the_lake.namespace}.{model.name}` in {result.seconds:.2f}s."
-        if preview:
-            md += "\n\n" + markdown_table(list(preview[0]), [list(r.values()) for r in preview])
-        return dg.MaterializeResult(metadata={
-            "dagster/row_count": table_rows(the_lake.table(model.name)),
-            "dagster/column_schema": column_schema(result.schema),
-            "snapshot_id": str(result.snapshot_id or ""),
-            "table": f"{the_lake.namespace}.{model.name}",
-            "summary": dg.MetadataValue.md(md),
-        })
+        return run_sql_model(context, lake.lake(), project, model.name)
 
     return _model
 
