@@ -58,13 +58,12 @@ class FlywheelResource(dg.ConfigurableResource):
 def resources_from_settings(settings: Settings) -> dict[str, object]:
     """The shared resources, one set of objects per settings: every task (FlywheelComponent instance) and the
     data plane hand Dagster the *same* objects, which is what Definitions.merge requires."""
-    key = tuple(sorted(settings.as_env().items()))
-    if key not in _RESOURCES:
-        _RESOURCES[key] = _build(settings)
-    return _RESOURCES[key]
+    if settings not in _RESOURCES:  # Settings is a frozen dataclass: equal settings, same objects
+        _RESOURCES[settings] = _build(settings)
+    return _RESOURCES[settings]
 
 
-_RESOURCES: dict[tuple, dict[str, object]] = {}
+_RESOURCES: dict[Settings, dict[str, object]] = {}
 
 
 def _build(settings: Settings) -> dict[str, object]:

@@ -18,6 +18,13 @@ def held_out_ids(the_lake, task: TaskConfig) -> frozenset[str]:
     return frozenset(ids)
 
 
+def curation_policy(the_lake, task: TaskConfig):
+    from continuum_pipeline.curation.dataset import CurationPolicy
+
+    return CurationPolicy(min_reward=task.curation.min_reward, validation_fraction=task.curation.validation_fraction,
+                          consent=tuple(task.curation.consent), held_out=held_out_ids(the_lake, task))
+
+
 def sft_dataset(task: TaskConfig) -> dg.AssetsDefinition:
     holdouts = [golden_key(task, g.name) for g in task.golden_sets if g.from_production]
 
@@ -27,15 +34,12 @@ def sft_dataset(task: TaskConfig) -> dg.AssetsDefinition:
                           "if the task allows it), not held out for evaluation, deduplicated, split "
                           "train/validation, in TRL's conversational `messages` format.")
     def _sft_dataset(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
-        from continuum_pipeline.curation.dataset import CurationPolicy, curate_sft
+        from continuum_pipeline.curation.dataset import curate_sft
 
         the_lake = lake.lake()
         candidates_table = task.table("sft_candidates")
         candidates_snapshot = the_lake.current_snapshot_id(candidates_table)
-        policy = CurationPolicy(min_reward=task.curation.min_reward,
-                                validation_fraction=task.curation.validation_fraction,
-                                consent=tuple(task.curation.consent), held_out=held_out_ids(the_lake, task))
-        dataset = curate_sft(the_lake.read_arrow(candidates_table), policy)
+        dataset = curate_sft(the_lake.read_arrow(candidates_table), curation_policy(the_lake, task))
         snapshot_id = the_lake.replace_table(task.table("sft_dataset"), dataset.table, {
             "continuum.candidates-snapshot-id": str(candidates_snapshot),
             **{f"continuum.removed.{k}": str(v) for k, v in dataset.removed.items()},

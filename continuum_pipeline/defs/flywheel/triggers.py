@@ -47,19 +47,17 @@ def daily_quality(lake: LakeResource, task: TaskConfig):
 
 
 def sample_count_decision(instance, lake: LakeResource, task: TaskConfig):
+    """New dataset rows since the last training: the candidates curated by the very policy sft_dataset applies
+    (consent, status, reward, held-out, dedup), compared with the dataset size the last training recorded."""
+    from continuum_pipeline.curation.dataset import curate_sft
+    from continuum_pipeline.defs.flywheel.curation import curation_policy
     from continuum_pipeline.evaluation.triggers import sample_count
 
     the_lake = lake.lake()
     table = task.table("sft_candidates")
     if not the_lake.table_exists(table):
         return sample_count(0, 0, task.triggers.min_new_samples)
-    import duckdb
-
-    con = duckdb.connect()
-    the_lake.register_duckdb(con, table, "sft_candidates")
-    consent = ", ".join(f"'{c}'" for c in task.curation.consent)  # Literal-validated values
-    (eligible,) = con.execute(f"select count(*) from sft_candidates where consent in ({consent}) and status = 'ok' "
-                              "and reward >= ?", [task.curation.min_reward]).fetchone()
+    eligible = curate_sft(the_lake.read_arrow(table), curation_policy(the_lake, task)).table.num_rows
     before = int(latest_metadata(instance, key(task, "candidate_model")).get("eligible_rows", 0) or 0)
     return sample_count(eligible, before, task.triggers.min_new_samples)
 
