@@ -102,7 +102,7 @@ def main() -> None:
     ratio_p50 = added[peer]["p50_us"] / added["capture"]["p50_us"]
     ratio_p99 = added[peer]["p99_us"] / added["capture"]["p99_us"]
     print(f"calls per configuration: {CALLS_PER_BLOCK * BLOCKS:,} (interleaved in {BLOCKS} blocks); "
-          f"capture wrote {stats['written']:,} records, dropped {stats['dropped_queue_full']}")
+          f"capture wrote {stats['written']:,} records, dropped {stats['dropped_queue_full'] + stats['dropped_queue_bytes']}")
     print(f"{'wrapper':<14}{'added p50 µs':>14}{'added p99 µs':>14}")
     for k, v in added.items():
         print(f"{k:<14}{v['p50_us']:>14.2f}{v['p99_us']:>14.2f}")

@@ -12,7 +12,7 @@ from typing import Any
 
 from continuum_pipeline.capture._decorator import new_id
 from continuum_pipeline.capture.record import FEEDBACK_SIGNALS, feedback_record
-from continuum_pipeline.capture.writer import WRITER
+from continuum_pipeline.capture.writer import RECORD_BYTES, WRITER, approx_bytes
 
 
 def _build(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -44,8 +44,9 @@ def record(interaction_id: str, *, score: float | None = None, label: str | None
     if all(values[k] is None for k in FEEDBACK_SIGNALS):
         raise ValueError("feedback.record needs at least one of: " + ", ".join(FEEDBACK_SIGNALS))
     feedback_id = new_id()
-    WRITER.submit((_build, ({"feedback_id": feedback_id, "interaction_id": interaction_id, "wall_ns": time_ns(),
-                             "user_id": user_id, "metadata": metadata, **values},)))
+    fields = {"feedback_id": feedback_id, "interaction_id": interaction_id, "wall_ns": time_ns(),
+              "user_id": user_id, "metadata": metadata, **values}
+    WRITER.submit(_build, (fields,), RECORD_BYTES + approx_bytes(fields))
     return feedback_id
 
 

@@ -2,8 +2,10 @@
 
 The app's thread only appends a tuple to a deque (no lock, no serialization, no I/O). A daemon
 thread turns those into JSON lines and writes each segment to `<landing>/.tmp/` first, then
-renames it into `<landing>/` — a segment is visible only when complete. A full buffer or a failing
-disk drops records, counts them and logs once per cause: capture must never break the app.
+renames it into `<landing>/` — a segment is visible only when complete. The buffer is bounded in
+records and in estimated bytes, so a stalled writer or an unwritable disk cannot grow memory. A full
+buffer or a failing disk drops records, counts them and logs once per cause: capture must never
+break the app.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import itertools
 import logging
 import os
 import socket
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,53 @@ from continuum_pipeline.capture.record import dumps_line
 log = logging.getLogger("continuum.capture")
 
 _DISABLED = object()  # stands in for the drain thread once capture has turned itself off
+DEFAULT_MAX_BYTES = 64 << 20
+
+# Size estimates for the byte bound. They run on the app's thread, so they look at text lengths and at
+# most one level of containers (a list of chat messages), never serialize or walk deep: an estimate of
+# what a queued record keeps alive, not an exact count (non-ASCII text and SDK objects are approximate).
+RECORD_BYTES = 640  # one queued call besides its text: tuples, id, ints, copied lists/dicts (≈580 B, tracemalloc)
+ITEM_BYTES = 64  # a list item, dict entry or small value
+MESSAGE_BYTES = 3 * ITEM_BYTES  # a chat message besides its content: the dict, its role
+OBJECT_BYTES = 4096  # an object not looked into: an SDK response (an OpenAI reply of 1 KB is ≈4 KB), an exception
+WALK = 64  # longer containers: the first WALK items are looked at and the total scaled up
+
+
+def approx_bytes(value: Any) -> int:
+    """Rough bytes `value` keeps alive: len() of text, chat messages' content, a flat charge for the rest."""
+    cls = value.__class__
+    if cls is str or cls is bytes:
+        return len(value)
+    if cls is list or cls is tuple:
+        n = 0
+        for item in value if len(value) <= WALK else value[:WALK]:
+            cls = item.__class__
+            if cls is str:
+                n += ITEM_BYTES + len(item)
+            elif cls is dict:  # a chat message: its text is under "content"
+                text = item.get("content")
+                n += MESSAGE_BYTES + (len(text) if text.__class__ is str else 0)
+            else:
+                n += ITEM_BYTES
+        return n if len(value) <= WALK else n * len(value) // WALK
+    if cls is dict:
+        n = 0
+        for item in value.values() if len(value) <= WALK else itertools.islice(value.values(), WALK):
+            cls = item.__class__
+            n += ITEM_BYTES + (len(item) if cls is str else approx_bytes(item) if cls is list or cls is tuple else 0)
+        return n if len(value) <= WALK else n * len(value) // WALK
+    if cls is int or cls is float or cls is bool or value is None:
+        return 0
+    return OBJECT_BYTES
+
+
+def _env_max_bytes() -> int:
+    from continuum_pipeline.settings import SettingsError, _int_env
+
+    value = _int_env("CONTINUUM_CAPTURE_MAX_BYTES", DEFAULT_MAX_BYTES)
+    if value <= 0:
+        raise SettingsError(f"CONTINUUM_CAPTURE_MAX_BYTES must be positive, got {value}")
+    return value
 
 
 @dataclass
@@ -36,13 +86,16 @@ class WriterConfig:
     queue_size: int = 100_000
     segment_records: int = 5_000
     flush_seconds: float = 1.0
+    # Left out (as capture.configure does), it is CONTINUUM_CAPTURE_MAX_BYTES, so the env var is honoured.
+    max_bytes: int = field(default_factory=_env_max_bytes)
 
     @classmethod
     def from_settings(cls) -> WriterConfig:
         from continuum_pipeline.settings import get_settings
 
         s = get_settings()
-        return cls(s.landing_dir, s.capture_queue_size, s.capture_segment_records, s.capture_flush_seconds)
+        return cls(s.landing_dir, s.capture_queue_size, s.capture_segment_records, s.capture_flush_seconds,
+                   s.capture_max_bytes)
 
 
 class LandingWriter:
@@ -50,8 +103,11 @@ class LandingWriter:
 
     def __init__(self, config: WriterConfig | None = None) -> None:
         self._config = config
-        self._buf: collections.deque = collections.deque()
+        self._buf: collections.deque = collections.deque()  # (build, payload, estimated bytes)
         self._io_lock = threading.Lock()
+        # Estimated bytes held by queued records and the batch being written = charged - released. Two
+        # counters, one per side, so the writer never writes what app threads write (see submit).
+        self._charged = self._released = 0
         self._start_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -61,12 +117,13 @@ class LandingWriter:
         self._warned: set[str] = set()
         self.counts = collections.Counter()
         # Plain attributes read on the app's thread; the real values come from settings at first use.
-        self._capacity = self._segment_records = 1 << 62
+        self._capacity = self._segment_records = self._max_bytes = 1 << 62
         self._disabled = False
 
     # --- the app's thread ------------------------------------------------------------------------
-    def submit(self, item: tuple[Callable[..., dict[str, Any]], tuple]) -> None:
-        """Queue (record builder, its positional arguments). Never raises, never blocks."""
+    def submit(self, build: Callable[..., dict[str, Any]], payload: tuple, size: int = RECORD_BYTES) -> None:
+        """Queue a record builder, its positional arguments and their estimated size in bytes (see
+        approx_bytes). Never raises, never blocks. A dropped record leaves nothing behind."""
         buf = self._buf
         if self._thread is None:
             self._start()
@@ -79,7 +136,17 @@ class LandingWriter:
             self._warn_once("queue_full", "capture buffer is full (%d records): dropping records; "
                             "raise CONTINUUM_CAPTURE_QUEUE_SIZE or check the landing disk", self._capacity)
             return
-        buf.append(item)
+        # No lock: a lock costs more than the rest of submit(). Under the GIL this read-add-store has no
+        # point where another thread can run (no call, no loop); _released is written only under _io_lock.
+        # Were an update ever lost (a free-threaded build), the bound loosens; capture never wedges shut.
+        charged = self._charged + size
+        if charged - self._released > self._max_bytes:
+            self.counts["dropped_queue_bytes"] += 1
+            self._warn_once("queue_bytes", "capture buffer is full (%d bytes): dropping records; "
+                            "raise CONTINUUM_CAPTURE_MAX_BYTES or check the landing disk", self._max_bytes)
+            return
+        self._charged = charged
+        buf.append((build, payload, size))
         if n >= self._segment_records:
             self._wake.set()
 
@@ -95,6 +162,7 @@ class LandingWriter:
         self.flush()
         self._config = config
         self._capacity, self._segment_records = config.queue_size, config.segment_records
+        self._max_bytes = config.max_bytes
         if self._disabled:
             self._disabled, self._thread = False, None
 
@@ -110,6 +178,7 @@ class LandingWriter:
                 self._warn_once("config", "capture is off: its settings are unusable (%s)", exc)
                 return
             self._capacity, self._segment_records = config.queue_size, config.segment_records
+            self._max_bytes = config.max_bytes
             self._stop.clear()
             thread = threading.Thread(target=self._run, name="continuum-capture-writer", daemon=True)
             thread.start()
@@ -130,7 +199,10 @@ class LandingWriter:
                 limit = self.config.segment_records
                 while self._buf and len(batch) < limit:
                     batch.append(self._buf.popleft())
-                written += self._write_segment(batch)
+                try:
+                    written += self._write_segment(batch)
+                finally:  # written or dropped, the batch no longer counts against the byte bound
+                    self._released += sum(item[2] for item in batch)
         return written
 
     def close(self) -> None:
@@ -143,7 +215,7 @@ class LandingWriter:
 
     def _write_segment(self, batch: list) -> int:
         lines = []
-        for build, payload in batch:
+        for build, payload, _size in batch:
             try:
                 lines.append(dumps_line(build(*payload)))
             except Exception as exc:  # a record we cannot serialize must not stop the others
@@ -183,6 +255,7 @@ class LandingWriter:
         # The parent's thread does not exist in the child, and its queued records are the parent's.
         self._buf = collections.deque()
         self._io_lock = threading.Lock()
+        self._charged = self._released = 0
         self._start_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -192,9 +265,11 @@ class LandingWriter:
     def stats(self) -> dict[str, int]:
         return {
             "queued": len(self._buf),
+            "queued_bytes": self._charged - self._released,
             "written": self.counts["written"],
             "segments": self.counts["segments"],
             "dropped_queue_full": self.counts["dropped_queue_full"],
+            "dropped_queue_bytes": self.counts["dropped_queue_bytes"],
             "dropped_write_error": self.counts["dropped_write_error"],
             "dropped_unserializable": self.counts["dropped_unserializable"],
             "dropped_config_error": self.counts["dropped_config_error"],
