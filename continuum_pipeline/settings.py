@@ -136,10 +136,6 @@ class Settings:
             value = getattr(self, f.name)
             if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
                 raise SettingsError(f"{f.name} must be positive, got {value}; fix its CONTINUUM_* variable")
-        for path in self.tasks:
-            if not path.exists():
-                raise SettingsError(f"CONTINUUM_TASKS names {path}, which does not exist; point it at task YAML "
-                                    "files or folders (`continuum init TASK` writes one)")
         if self.profile == "production":
             if self.catalog_uri.startswith("sqlite"):
                 raise SettingsError(

@@ -173,3 +173,14 @@ def test_tasks_init_and_check_commands(settings, tmp_path: Path):
     ok = run_cli("check")  # the packaged support desk is complete
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "golden_sets[0] (golden): 104 examples" in ok.stdout
+
+
+def test_a_missing_task_path_stops_the_code_location_not_the_capture_sdk(settings, monkeypatch, tmp_path: Path):
+    from continuum_pipeline.definitions import build_definitions
+    from continuum_pipeline.settings import Settings, SettingsError
+
+    monkeypatch.setenv("CONTINUUM_TASKS", str(tmp_path / "nowhere"))
+    apps_view = Settings.from_env()  # what @capture reads inside an app: task files are none of its business
+    assert apps_view.tasks == (tmp_path / "nowhere",)
+    with pytest.raises(SettingsError, match="CONTINUUM_TASKS names .*nowhere, which does not exist"):
+        build_definitions(apps_view)
