@@ -32,7 +32,8 @@ def stats() -> dict[str, int]:
 
 
 def configure(landing_dir: str | Path | None = None, *, queue_size: int | None = None,
-              segment_records: int | None = None, flush_seconds: float | None = None) -> None:
+              segment_records: int | None = None, flush_seconds: float | None = None,
+              max_bytes: int | None = None) -> None:
     """Override the settings taken from the environment (flushes what was queued first)."""
     base = WRITER.config
     WRITER.configure(WriterConfig(
@@ -40,6 +41,7 @@ def configure(landing_dir: str | Path | None = None, *, queue_size: int | None =
         queue_size=queue_size or base.queue_size,
         segment_records=segment_records or base.segment_records,
         flush_seconds=flush_seconds or base.flush_seconds,
+        max_bytes=max_bytes or base.max_bytes,
     ))
 
 
