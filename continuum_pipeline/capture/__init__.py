@@ -41,7 +41,7 @@ def configure(landing_dir: str | Path | None = None, *, queue_size: int | None =
         queue_size=queue_size or base.queue_size,
         segment_records=segment_records or base.segment_records,
         flush_seconds=flush_seconds or base.flush_seconds,
-        max_bytes=max_bytes or base.max_bytes,
+        **({"max_bytes": max_bytes} if max_bytes else {}),  # else CONTINUUM_CAPTURE_MAX_BYTES as it is now
     ))
 
 
