@@ -58,7 +58,7 @@ def _summary(key: str, report) -> str:
              f"({report.bytes_read / 1e6:.1f} MB in {report.seconds:.2f}s; "
              f"{report.fast_path_segments} clean segments on the fast path)."]
     if commit and commit.skipped_rows:
-        lines.append(f"{commit.skipped_rows} rows were already in the table from an earlier, interrupted run: skipped.")
+        lines.append(f"{commit.skipped_rows} rows were already in the table (an interrupted run, or a concurrent one, committed them): skipped.")
     if report.remaining_segments:
         lines.append(f"{report.remaining_segments} more segments wait for the next run.")
     if report.failed_segments:
