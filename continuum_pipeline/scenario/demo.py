@@ -38,6 +38,7 @@ class DemoSize:
 class DemoReport:
     cycles: list[dict] = field(default_factory=list)
     curve: list[dict] = field(default_factory=list)
+    gates: list[dict] = field(default_factory=list)  # the eval gate's verdict per training cycle
     targets: dict[str, bool] = field(default_factory=dict)
     seconds: float = 0.0
     phase: str = "before"  # the knowledge base the learning curve was measured against
@@ -47,12 +48,22 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def _run(settings: Settings, job: str, tags: dict[str, str] | None = None) -> bool:
+def _run(settings: Settings, job: str, tags: dict[str, str] | None = None, gates: list[dict] | None = None) -> bool:
+    """Run a job; with `gates`, keep the eval gate's verdict (its metadata) from the run's events."""
     from continuum_pipeline.cli import run_job
 
     started = time.perf_counter()
     result = run_job(job, tags={"continuum/source": "demo", **(tags or {})}, settings=settings, raise_on_error=False)
     _say(f"    {job}: {'ok' if result.success else 'FAILED'} in {time.perf_counter() - started:.0f}s")
+    if gates is not None:
+        for event in result.all_events:
+            if event.event_type_value == "ASSET_CHECK_EVALUATION":
+                check = event.event_specific_data
+                meta = {k: getattr(v, "value", v) for k, v in check.metadata.items()}
+                gates.append({"passed": check.passed, "champion": meta.get("champion"),
+                              "candidate_accuracy": meta.get("accuracy_candidate"),
+                              "champion_accuracy": meta.get("accuracy_champion"),
+                              "failed_rows": meta.get("failed_slices"), "table": meta.get("slices")})
     return result.success
 
 
@@ -100,7 +111,8 @@ def run_demo(scenario_path: str | None, json_out: Path | None, size: DemoSize | 
     # --- cycle 1 ----------------------------------------------------------------------------------
     _say("\nCycle 1: ingest → labels → SQL → curated dataset → base model → LoRA SFT → eval gate → registry")
     _run(settings, "ingest_job")
-    ok = _run(settings, f"{task.name}_training_job", {"continuum/trigger": "demo: first distillation"})
+    ok = _run(settings, f"{task.name}_training_job", {"continuum/trigger": "demo: first distillation"},
+              gates=report.gates)
     v1 = models.champion(settings.mlflow_uri, task.registered_model_name)
     if not ok or v1 is None:
         # The gate did its job: a student that is worse than the base on some slice is not registered.
@@ -138,7 +150,7 @@ def run_demo(scenario_path: str | None, json_out: Path | None, size: DemoSize | 
     if decision.fire:
         _say("\nCycle 2: retrain from the champion on the relabelled lake")
         _run(settings, f"{task.name}_training_job",
-             {"continuum/trigger": "quality_drop_sensor", "continuum/reason": decision.reason})
+             {"continuum/trigger": "quality_drop_sensor", "continuum/reason": decision.reason}, gates=report.gates)
         latest = models.versions(settings.mlflow_uri, task.registered_model_name)[-1]
         if latest.version != v1.version:
             passed = "challenger" in latest.aliases
@@ -168,7 +180,8 @@ def _finish(report: DemoReport, settings: Settings, task: TaskConfig, desk, json
     print_curve(report)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps({"cycles": report.cycles, "curve": report.curve, "targets": report.targets,
+        json_out.write_text(json.dumps({"cycles": report.cycles, "curve": report.curve, "gates": report.gates,
+                                        "targets": report.targets,
                                         "seconds": round(report.seconds, 1)}, indent=2, default=str))
         _say(f"\nwrote {json_out}")
     _say(f"\nSee the runs, assets, checks and lineage: CONTINUUM_HOME={settings.home} continuum ui   (or: make ui)")
@@ -305,6 +318,11 @@ def print_curve(report: DemoReport) -> None:
                   _pct(r.get("changed_intents_before")), _pct(r["all"]),
                   r["production_mean_reward"], r["production_interactions"], f"{r['cost_per_query_usd']:.6f}"]
                  for r in report.curve])
+    if report.gates:
+        _say("\nEval gate per cycle (accuracy on the golden set; a slice fails on a significant regression, Holm):")
+        print_table(["cycle", "champion", "champion acc.", "candidate acc.", "failing metric × slice rows", "verdict"],
+                    [[i, g["champion"], _pct(g["champion_accuracy"]), _pct(g["candidate_accuracy"]), g["failed_rows"],
+                      "pass: registered" if g["passed"] else "FAIL: blocked"] for i, g in enumerate(report.gates, 1)])
     _say("\nTargets: " + "; ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in report.targets.items()))
     _say(f"Demo took {report.seconds / 60:.1f} min")
 
