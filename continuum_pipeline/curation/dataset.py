@@ -92,9 +92,9 @@ def _split(content_hash: str, validation_fraction: float) -> str:
 
 
 def _to_dataset(t: pa.Table, validation_fraction: float) -> pa.Table:
-    # Ordered by content: the same rows make the same dataset (and, seeded, the same model) whatever order the
-    # SQL engine's plan handed them over in.
-    t = t.take(pc.sort_indices(t, sort_keys=[("content_hash", "ascending")]))
+    # In capture order (ts, then id): the same rows make the same dataset (and, seeded, the same model) whatever
+    # order the SQL engine's plan handed them over in.
+    t = t.take(pc.sort_indices(t, sort_keys=[("ts", "ascending"), ("interaction_id", "ascending")]))
     rows = []
     for r in t.select(["interaction_id", "messages", "target_response", "reward", "target_source", "content_hash",
                        "model", "ts"]).to_pylist():
