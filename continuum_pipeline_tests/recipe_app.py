@@ -27,6 +27,9 @@ RECIPES = {
 QUESTIONS = ["What goes into {dish}?", "Which ingredients do I need for {dish}?", "What is {dish} made of?",
              "List the ingredients of {dish}.", "{dish}: what do I buy?"]
 GOLDEN_QUESTIONS = ["Tell me the ingredients for {dish}.", "What do I need to cook {dish}?"]
+# Later traffic asks in new words: new content for the dataset (repeats of old questions dedup away).
+LATER_QUESTIONS = ["Ingredients for {dish}, please.", "Shopping list for {dish}?", "How is {dish} made, what's in it?",
+                   "{dish} needs which ingredients?", "Remind me what {dish} contains.", "Which items make {dish}?"]
 
 
 def answer_for(dish: str) -> str:
@@ -49,7 +52,7 @@ def ingredients_check(item) -> tuple[float, str]:
 
 
 def serve_traffic(n: int, seed: int, error_rate: float = 0.2, start: datetime | None = None,
-                  model: str = "gpt-recipes") -> None:
+                  model: str = "gpt-recipes", questions: list[str] = QUESTIONS) -> None:
     """`n` questions answered by a teacher model that is wrong `error_rate` of the time; users copy good answers,
     retry bad ones, and sometimes rate."""
     rng = random.Random(seed)
@@ -65,7 +68,7 @@ def serve_traffic(n: int, seed: int, error_rate: float = 0.2, start: datetime | 
 
     for i in range(n):
         dish = rng.choice(sorted(RECIPES))
-        question = rng.choice(QUESTIONS).format(dish=dish.replace("_", " "))
+        question = rng.choice(questions).format(dish=dish.replace("_", " "))
         wrong = rng.random() < error_rate
         messages = [{"role": "system", "content": "You answer cooking questions from the recipe cards."},
                     {"role": "user", "content": question}]

@@ -162,8 +162,9 @@ def test_recipe_assistant_learns_gates_registers_and_retrains_from_a_sensor(both
         assert [g.passed for g in checks_of(corrupt)] == [False]
         assert [v.version for v in models.versions(settings.mlflow_uri, TASK.registered_model_name)] == [v1.version]
 
-        # a sensor tick: new traffic → the sample-count sensor asks for a training run of this task only
-        recipe_app.serve_traffic(120, seed=2, start=start + timedelta(days=1))
+        # a sensor tick: new traffic → the sample-count sensor asks for a training run of this task only.
+        # Repeats of known questions would dedup away (the sensor counts what the dataset would gain): new wordings.
+        recipe_app.serve_traffic(240, seed=2, start=start + timedelta(days=1), questions=recipe_app.LATER_QUESTIONS)
         capture.flush()
         ingest_landing(lake, settings.landing_dir)
         sql = dg.materialize([*recipe_assets, *checks], instance=instance, resources=defs.resources,

@@ -296,7 +296,8 @@ def test_llm_judge_shows_the_reference_answer_when_asked(server: OpenAIServer):
     server.chat = lambda messages: verdict(accuracy=5, tone=5)
     with_ref = JudgeInput("r1", "q", None, "Paris", {}, reference=["Paris", "Paris, France"])
     llm_judge(server, use_reference=True).judge([with_ref, item()])
-    first, second = server.chat_requests
+    # the two requests run concurrently: tell them apart by the response they evaluate, not by arrival
+    first, second = sorted(server.chat_requests, key=lambda r: "Paris" not in r.text)
     assert "## Reference answer\n- Paris\n- Paris, France" in first.messages[1]["content"]
     assert "ground truth" in first.messages[0]["content"] and "Reference answer" not in second.text
     llm_judge(server).judge([with_ref])
