@@ -8,7 +8,7 @@ export CONTINUUM_HOME ?= $(CURDIR)/.continuum
 export DAGSTER_HOME   ?= $(CONTINUUM_HOME)/dagster
 PYTEST_ARGS ?= -n 2 -q
 
-.PHONY: install demo test ui ingest status bench lint clean
+.PHONY: install demo test ui serve ingest status bench lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ test: install
 
 ui: install
 	$(BIN)/continuum ui
+
+serve: install
+	$(BIN)/continuum serve
 
 ingest: install
 	$(BIN)/continuum ingest

@@ -270,6 +270,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from continuum_pipeline.server.app import serve
+
+    settings = get_settings()
+    prepare_home(settings)
+    print(f"continuum serve on http://{args.host}:{args.port}  (OTLP /v1/traces, Langfuse /api/public/*, "
+          f"gateway /v1/chat/completions; landing {settings.landing_dir})", flush=True)
+    serve(settings, host=args.host, port=args.port, model_dir=args.model_dir)
+    return 0
+
+
 def plugin_commands(sub) -> None:
     """Commands other packages add through `continuum.commands` entry points (the example app adds `demo`)."""
     from importlib.metadata import entry_points
@@ -296,6 +307,11 @@ def main(argv: list[str] | None = None) -> int:
     lineage.add_argument("--interaction", help="list the model versions whose datasets held this interaction")
     lineage.add_argument("--all", action="store_true", help="print every interaction id")
     lineage.set_defaults(fn=cmd_lineage)
+    serve = sub.add_parser("serve", help="the OTLP / Langfuse receiver and the OpenAI-compatible gateway")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=4318)
+    serve.add_argument("--model-dir", help="also serve this local model as an upstream arm (default: none)")
+    serve.set_defaults(fn=cmd_serve)
     ui = sub.add_parser("ui", help="open the Dagster UI (and daemon: sensors, schedules) on this home")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)
