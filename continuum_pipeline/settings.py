@@ -82,6 +82,11 @@ class Settings:
     ingest_max_segments: int
     max_record_bytes: int
     pool_wait_seconds: float
+    serve_api_keys: tuple[str, ...] = field(default=(), repr=False)  # bearer keys for the gateway and OTLP
+    langfuse_public_key: str | None = None  # Basic auth of the Langfuse-compatible paths (public:secret)
+    langfuse_secret_key: str | None = field(default=None, repr=False)
+    serve_allow_no_auth: bool = False  # only honoured when serving on 127.0.0.1
+    serve_max_body_bytes: int = 16 << 20
     tasks: tuple[Path, ...]
 
     @property
@@ -125,6 +130,11 @@ class Settings:
             ingest_max_segments=_int_env("CONTINUUM_INGEST_MAX_SEGMENTS", 2_000),
             max_record_bytes=_int_env("CONTINUUM_MAX_RECORD_BYTES", 1 << 20),
             pool_wait_seconds=_float_env("CONTINUUM_POOL_WAIT_SECONDS", 300.0),
+            serve_api_keys=tuple(k.strip() for k in (_env("CONTINUUM_SERVE_API_KEYS") or "").split(",") if k.strip()),
+            langfuse_public_key=_env("CONTINUUM_LANGFUSE_PUBLIC_KEY"),
+            langfuse_secret_key=_env("CONTINUUM_LANGFUSE_SECRET_KEY"),
+            serve_allow_no_auth=(_env("CONTINUUM_SERVE_ALLOW_NO_AUTH") or "").lower() in ("1", "true", "yes"),
+            serve_max_body_bytes=_int_env("CONTINUUM_SERVE_MAX_BODY_BYTES", 16 << 20),
             tasks=tuple(Path(p).expanduser().resolve() for p in
                         (_env("CONTINUUM_TASKS") or str(EXAMPLE_TASKS)).split(os.pathsep) if p),
         )
