@@ -134,6 +134,9 @@ def test_landing_sensor_requests_each_new_batch_once(settings):
         ctx = dg.build_sensor_context(instance=instance, resources={"landing": landing}, cursor=ctx.cursor)
         skip = landing_sensor(ctx)
         assert isinstance(skip, dg.SkipReason) and "2 waiting" in skip.skip_message
+        (settings.landing_dir / "export.json").write_text("{}")  # not a segment name: said, not silently ignored
+        ctx = dg.build_sensor_context(instance=instance, resources={"landing": landing}, cursor=ctx.cursor)
+        assert "ignored (not *.jsonl / *.jsonl.gz): export.json" in landing_sensor(ctx).skip_message
 
         write_segment(settings.landing_dir, "20261121T000003Z-c", [interaction(3)])
         (settings.landing_dir / "20261121T000001Z-a.jsonl").unlink()  # archived by an ingest run

@@ -5,7 +5,7 @@ import json
 
 import dagster as dg
 
-from continuum_pipeline.capture.landing import list_segments
+from continuum_pipeline.capture.landing import list_ignored, list_segments
 from continuum_pipeline.defs.ingest.assets import ingest_job
 from continuum_pipeline.defs.resources import LandingResource
 
@@ -20,7 +20,10 @@ def landing_sensor(context: dg.SensorEvaluationContext, landing: LandingResource
     new = [s for s in waiting if s not in requested][: landing.max_segments]
     if not new:
         context.update_cursor(json.dumps({"requested": sorted(requested)}))
-        return dg.SkipReason(f"no new segments in {landing.path} ({len(waiting)} waiting, all already requested)")
+        ignored = list_ignored(landing.path)  # never silently: a misnamed export would wait unseen forever
+        note = f"; ignored (not *.jsonl / *.jsonl.gz): {', '.join(ignored[:5])}" if ignored else ""
+        return dg.SkipReason(f"no new segments in {landing.path} ({len(waiting)} waiting, all already requested)"
+                             + note)
     requested |= set(new)
     context.update_cursor(json.dumps({"requested": sorted(requested)}))
     run_key = "landing-" + hashlib.sha256("\n".join(new).encode()).hexdigest()[:16]
