@@ -82,12 +82,12 @@ class Settings:
     ingest_max_segments: int
     max_record_bytes: int
     pool_wait_seconds: float
+    tasks: tuple[Path, ...]
     serve_api_keys: tuple[str, ...] = field(default=(), repr=False)  # bearer keys for the gateway and OTLP
     langfuse_public_key: str | None = None  # Basic auth of the Langfuse-compatible paths (public:secret)
     langfuse_secret_key: str | None = field(default=None, repr=False)
     serve_allow_no_auth: bool = False  # only honoured when serving on 127.0.0.1
     serve_max_body_bytes: int = 16 << 20
-    tasks: tuple[Path, ...]
 
     @property
     def dagster_home(self) -> Path:
