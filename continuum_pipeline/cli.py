@@ -91,7 +91,14 @@ def cmd_lineage(args: argparse.Namespace) -> int:
         print("continuum lineage: give MODEL@VERSION (e.g. continuum-support@2) or --interaction ID", file=sys.stderr)
         return 2
     name, version = args.model.split("@", 1)
-    lineage = version_lineage(lake, settings.mlflow_uri, name, version)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        lineage = version_lineage(lake, settings.mlflow_uri, name, version)
+    except MlflowException:
+        print(f"continuum lineage: no model version {name}@{version} in {settings.mlflow_uri}; "
+              "`continuum tasks` and the MLflow UI list what is registered", file=sys.stderr)
+        return 1
     ref = lineage.version
     print(f"{ref.name} v{ref.version}  aliases: {', '.join(ref.aliases) or '-'}")
     print_table(["link", "value"], [

@@ -184,3 +184,10 @@ def test_a_missing_task_path_stops_the_code_location_not_the_capture_sdk(setting
     assert apps_view.tasks == (tmp_path / "nowhere",)
     with pytest.raises(SettingsError, match="CONTINUUM_TASKS names .*nowhere, which does not exist"):
         build_definitions(apps_view)
+
+
+def test_lineage_of_a_missing_version_is_one_readable_line(settings):
+    result = run_cli("lineage", "continuum-support@42")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("continuum lineage: no model version continuum-support@42")
+    assert "Traceback" not in result.stderr
