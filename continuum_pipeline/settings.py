@@ -88,6 +88,7 @@ class Settings:
     langfuse_secret_key: str | None = field(default=None, repr=False)
     serve_allow_no_auth: bool = False  # only honoured when serving on 127.0.0.1
     serve_max_body_bytes: int = 16 << 20
+    gateway_arms: Path | None = None  # the gateway's arms file (weights per task), re-read when it changes
 
     @property
     def dagster_home(self) -> Path:
@@ -135,6 +136,7 @@ class Settings:
             langfuse_secret_key=_env("CONTINUUM_LANGFUSE_SECRET_KEY"),
             serve_allow_no_auth=(_env("CONTINUUM_SERVE_ALLOW_NO_AUTH") or "").lower() in ("1", "true", "yes"),
             serve_max_body_bytes=_int_env("CONTINUUM_SERVE_MAX_BODY_BYTES", 16 << 20),
+            gateway_arms=Path(_env("CONTINUUM_GATEWAY_ARMS", str(home / "gateway" / "arms.json"))).expanduser().resolve(),
             tasks=tuple(Path(p).expanduser().resolve() for p in
                         (_env("CONTINUUM_TASKS") or str(EXAMPLE_TASKS)).split(os.pathsep) if p),
         )

@@ -1,7 +1,331 @@
-"""Placeholder: filled in by the gateway part of issue 9."""
+"""OpenAI-compatible gateway: `POST /v1/chat/completions` (streaming or not, tools passed through), `GET /v1/models`.
+
+Each request is for a task (header `x-continuum-task`, else `metadata.continuum_task` / `metadata.task`, else
+`user` written as `task:<name>`, else the arms file's `default_task`) and goes to one of the task's upstream arms,
+drawn by weight, or by hash of the user / session id when the task is sticky (see server/arms.py for the file).
+Every call, answered or failed, becomes an interaction with `source: "gateway"` through the SDK's own record
+builder and landing writer; its id comes back in the `x-continuum-interaction-id` header for `feedback.record`.
+Upstream errors are passed through with their status and body. The request path does as little as it can: one
+JSON parse of the request, one dump of it with the arm's model, the upstream bytes forwarded untouched; parsing
+the answer for usage, text and tool calls happens on the writer thread.
+
+Optional request headers: `x-continuum-user` / `x-continuum-session` (else body `user` and
+`metadata.session_id`), `x-continuum-consent` (granted | denied | unknown).
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+from dataclasses import dataclass
+from time import perf_counter_ns, time_ns
+from typing import Any
 
-def routes(settings, *args) -> list:
-    return []
+import httpx
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from continuum_pipeline.capture._decorator import new_id
+from continuum_pipeline.capture.record import CONSENTS, interaction_record
+from continuum_pipeline.capture.writer import RECORD_BYTES, WRITER
+from continuum_pipeline.server import auth
+from continuum_pipeline.server.arms import Arm, ArmsState
+from continuum_pipeline.settings import Settings
+
+log = logging.getLogger("continuum.gateway")
+
+ID_HEADER = "x-continuum-interaction-id"
+ROUTE_HEADER = "x-continuum-route"
+STREAM_KEEP_BYTES = 1 << 20  # how much of a streamed answer the record keeps (the client gets all of it)
+_META_KEYS = ("continuum_task", "task", "session_id", "user_id", "consent")
+# Response headers not copied from the upstream: hop-by-hop ones and those the server sets itself.
+_DROP = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding",
+                   "date", "server"})
+
+
+def _error(status: int, message: str, kind: str = "invalid_request_error", **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": None}},
+                        status_code=status, **extra)
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """What interaction_record reads from a @capture CallSpec, for one gateway call."""
+
+    task: str
+    model: str | None
+    route: str
+    consent: str | None
+    metadata: dict[str, Any] | None
+    model_version: str | None = None
+    prompt_arg: str | None = "messages"
+    signature: None = None
+
+
+class UpstreamHTTPError(Exception):
+    """The upstream answered with an error status; the message is its status and the start of its body."""
+
+
+class ClientGone(Exception):
+    """The client went away before the streamed answer ended."""
+
+
+def _sse_result(raw: bytes) -> dict[str, Any] | None:
+    """A chat.completion-like dict rebuilt from streamed chunks: text, tool calls, usage, model."""
+    text: list[str] = []
+    tools: dict[int, dict[str, Any]] = {}
+    usage = model = finish = None
+    for line in raw.split(b"\n"):
+        if not line.startswith(b"data:"):
+            continue
+        data = line[5:].strip()
+        if not data or data == b"[DONE]":
+            continue
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            continue
+        if not isinstance(chunk, dict):
+            continue
+        model = chunk.get("model") or model
+        usage = chunk.get("usage") or usage
+        for choice in chunk.get("choices") or []:
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            finish = choice.get("finish_reason") or finish
+            delta = choice.get("delta") or {}
+            if isinstance(delta.get("content"), str):
+                text.append(delta["content"])
+            for call in delta.get("tool_calls") or []:
+                slot = tools.setdefault(call.get("index", 0), {"id": None, "type": "function",
+                                                               "function": {"name": "", "arguments": ""}})
+                slot["id"] = call.get("id") or slot["id"]
+                fn = call.get("function") or {}
+                slot["function"]["name"] += fn.get("name") or ""
+                slot["function"]["arguments"] += fn.get("arguments") or ""
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(text) if text or not tools else None}
+    if tools:
+        message["tool_calls"] = [tools[i] for i in sorted(tools)]
+    return {"model": model, "usage": usage, "choices": [{"message": message, "finish_reason": finish}]}
+
+
+def _build(spec: _Spec, iid: str, wall: int, elapsed: int, messages: Any, answer: bytes | None, stream: bool,
+           error: BaseException | None, ctx: dict[str, Any], ann: dict[str, Any], arm: Arm) -> dict[str, Any]:
+    """The landing record (on the writer thread): the SDK's builder, then the gateway's own fields."""
+    result = None
+    if error is None and answer:
+        if stream:
+            result = _sse_result(answer)
+        else:
+            try:
+                result = json.loads(answer)
+            except ValueError:
+                result = None
+    if isinstance(result, dict):
+        usage = result.get("usage") if isinstance(result.get("usage"), dict) else {}
+        cost = arm.cost(usage.get("prompt_tokens"), usage.get("completion_tokens"))
+        if cost is not None:
+            ann["cost_usd"] = cost
+        choices = result.get("choices")
+        finish = choices[0].get("finish_reason") if choices and isinstance(choices[0], dict) else None
+        if finish:
+            ann["finish_reason"] = finish
+    record = interaction_record(interaction_id=iid, wall_ns=wall, elapsed_ns=elapsed, spec=spec, args=(),
+                                kwargs={"messages": messages}, result=result, error=error, context=ctx,
+                                annotations=ann)
+    record["source"] = "gateway"
+    return record
+
+
+class Gateway:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.arms = ArmsState(settings.gateway_arms)
+        self._client: httpx.AsyncClient | None = None
+        self._loop: Any = None
+
+    def client(self) -> httpx.AsyncClient:
+        """One pooled client per event loop (an app served once has one loop: one client)."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=60.0),
+                limits=httpx.Limits(max_connections=512, max_keepalive_connections=128, keepalive_expiry=60.0),
+                follow_redirects=False, trust_env=False)
+            self._loop = loop
+        return self._client
+
+    async def _body(self, request: Request) -> bytes | Response:
+        limit = self.settings.serve_max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return _error(413, f"request body over the limit of {limit} bytes (CONTINUUM_SERVE_MAX_BODY_BYTES)")
+        chunks, size = [], 0
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    return _error(413, f"request body over the limit of {limit} bytes "
+                                       "(CONTINUUM_SERVE_MAX_BODY_BYTES)")
+                chunks.append(chunk)
+        except ClientDisconnect:
+            return Response(status_code=400)
+        return b"".join(chunks)
+
+    async def models(self, request: Request) -> Response:
+        if (denied := auth.check_bearer(self.settings, request)) is not None:
+            return denied
+        config = self.arms.get()
+        seen: dict[str, str] = {}
+        for task in config.tasks.values():
+            seen.setdefault(task.task, "continuum-task")
+            for arm in task.arms:
+                if arm.model:
+                    seen.setdefault(arm.model, f"continuum-arm:{arm.name}")
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": owner} for m, owner in seen.items()]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def chat(self, request: Request) -> Response:
+        if (denied := auth.check_bearer(self.settings, request)) is not None:
+            return denied
+        raw = await self._body(request)
+        if isinstance(raw, Response):
+            return raw
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            return _error(400, f"the body is not valid JSON: {exc}")
+        if not isinstance(body, dict):
+            return _error(400, "the body must be a JSON object")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+            return _error(400, "\"messages\" must be a non-empty list of message objects")
+        headers = request.headers
+        metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+        user = body.get("user") if isinstance(body.get("user"), str) else None
+        task_name = (headers.get("x-continuum-task") or metadata.get("continuum_task") or metadata.get("task")
+                     or (user[5:] if user and user.startswith("task:") else None))
+        config = self.arms.get()
+        if not config.tasks:
+            return _error(400, f"the gateway has no arms configured: write {self.settings.gateway_arms} "
+                               "(see README, \"Through the gateway\") or set CONTINUUM_GATEWAY_ARMS")
+        task_name = task_name or config.default_task
+        if not task_name:
+            return _error(400, "no task: send the `x-continuum-task` header or metadata.continuum_task "
+                               "(the arms file has no default_task)")
+        task = config.tasks.get(task_name)
+        if task is None:
+            return _error(400, f"unknown task {task_name!r}: the arms file has {', '.join(sorted(config.tasks))}")
+        user_id = headers.get("x-continuum-user") or metadata.get("user_id") or (
+            user if user and not user.startswith("task:") else None)
+        session_id = headers.get("x-continuum-session") or metadata.get("session_id")
+        consent = headers.get("x-continuum-consent") or metadata.get("consent")
+        if consent is not None and consent not in CONSENTS:
+            return _error(400, f"consent must be one of {', '.join(CONSENTS)}, got {consent!r}")
+        arm = task.pick(str(user_id) if user_id else None, str(session_id) if session_id else None)
+
+        # The upstream gets the request as sent, with the arm's model and without Continuum's own metadata.
+        requested_model = body.get("model")
+        if arm.model:
+            body["model"] = arm.model
+        if metadata and any(k in metadata for k in _META_KEYS):
+            rest = {k: v for k, v in metadata.items() if k not in _META_KEYS}
+            if rest:
+                body["metadata"] = rest
+            else:
+                body.pop("metadata", None)
+        stream = bool(body.get("stream"))
+        out_headers = {"content-type": "application/json", "accept": "text/event-stream" if stream else
+                       "application/json"}
+        key = arm.api_key()
+        if key:
+            out_headers["authorization"] = f"Bearer {key}"
+        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+        iid = new_id()
+        ann: dict[str, Any] = {"route": arm.name, "metadata": {
+            "gateway": {"arm": arm.name, "upstream": arm.base_url, "requested_model": requested_model,
+                        "stream": stream, "sticky": task.sticky,
+                        **({"tools": len(body["tools"])} if isinstance(body.get("tools"), list) else {})}}}
+        ctx = {"user_id": None if user_id is None else str(user_id),
+               "session_id": None if session_id is None else str(session_id)}
+        spec = _Spec(task.task, arm.model or (requested_model if isinstance(requested_model, str) else None),
+                     arm.name, consent, None)
+        size = RECORD_BYTES + len(raw)
+        wall = time_ns()
+        t0 = perf_counter_ns()
+        client = self.client()
+        try:
+            upstream = await client.send(client.build_request("POST", arm.chat_url, content=payload,
+                                                              headers=out_headers), stream=True)
+        except httpx.HTTPError as exc:
+            elapsed = perf_counter_ns() - t0
+            ann["metadata"]["gateway"]["upstream_error"] = type(exc).__name__
+            WRITER.submit(_build, (spec, iid, wall, elapsed, messages, None, stream, exc, ctx, ann, arm), size)
+            log.warning("gateway: upstream %s for task %s unreachable: %s", arm.name, task.task, type(exc).__name__)
+            return _error(502, f"upstream arm {arm.name!r} could not be reached ({type(exc).__name__})",
+                          "upstream_error", headers={ID_HEADER: iid, ROUTE_HEADER: arm.name})
+        status = upstream.status_code
+        ann["metadata"]["gateway"]["upstream_status"] = status
+        passed = {k: v for k, v in upstream.headers.items() if k.lower() not in _DROP}
+        passed[ID_HEADER] = iid
+        passed[ROUTE_HEADER] = arm.name
+
+        if status >= 400 or not stream or not upstream.headers.get("content-type", "").startswith(
+                "text/event-stream"):
+            try:
+                answer = await upstream.aread()
+            except httpx.HTTPError as exc:
+                elapsed = perf_counter_ns() - t0
+                WRITER.submit(_build, (spec, iid, wall, elapsed, messages, None, stream, exc, ctx, ann, arm), size)
+                return _error(502, f"upstream arm {arm.name!r} broke off its answer ({type(exc).__name__})",
+                              "upstream_error", headers={ID_HEADER: iid, ROUTE_HEADER: arm.name})
+            finally:
+                await upstream.aclose()
+            elapsed = perf_counter_ns() - t0
+            error = None
+            if status >= 400:
+                error = UpstreamHTTPError(f"HTTP {status}: {answer[:500].decode('utf-8', 'replace')}")
+            WRITER.submit(_build, (spec, iid, wall, elapsed, messages, answer, False, error, ctx, ann, arm),
+                          size + len(answer))
+            return Response(answer, status_code=status, headers=passed)
+
+        async def relay():
+            kept: list[bytes] = []
+            kept_bytes = 0
+            error: BaseException | None = None
+            try:
+                async for chunk in upstream.aiter_raw():
+                    if "ttft_ms" not in ann:
+                        ann["ttft_ms"] = (perf_counter_ns() - t0) / 1e6
+                    if kept_bytes < STREAM_KEEP_BYTES:
+                        kept.append(chunk)
+                        kept_bytes += len(chunk)
+                    yield chunk
+            except httpx.HTTPError as exc:
+                error = exc
+            except BaseException:  # the client went away (cancelled): still record what was answered
+                error = ClientGone("the client closed the connection before the stream ended")
+                raise
+            finally:
+                await upstream.aclose()
+                elapsed = perf_counter_ns() - t0
+                answer = b"".join(kept)
+                WRITER.submit(_build, (spec, iid, wall, elapsed, messages, answer, True, error, ctx, ann, arm),
+                              size + len(answer))
+
+        return StreamingResponse(relay(), status_code=status, headers=passed, media_type="text/event-stream")
+
+
+def routes(settings: Settings, model_dir: str | None = None) -> list[Route]:
+    gateway = Gateway(settings)
+    out = [Route("/v1/chat/completions", gateway.chat, methods=["POST"]),
+           Route("/v1/models", gateway.models, methods=["GET"])]
+    if model_dir:
+        from continuum_pipeline.server import local_model
+
+        out += local_model.routes(settings, model_dir)
+    return out
