@@ -105,8 +105,10 @@ def test_langfuse_sdk_scores_become_feedback_events(served, settings, lake, sdk)
     # the trace-level key is the prefix of the generation's interaction id.
     if any(getattr(r, "path", "") == "/api/public/otel/v1/traces" for r in app.routes):
         interactions = {r["interaction_id"]: r for r in lake.read_arrow("interactions").to_pylist()}
-        assert gen_key in interactions
-        assert gen_key.startswith(trace_key + "-")
+        assert gen_key in interactions, sorted(interactions)
+        assert interactions[gen_key]["model"] == "gpt-test"
+        # The trace-level score's key resolves to the trace's generation interactions by prefix.
+        assert [i for i in interactions if i.startswith(verdict["interaction_id"] + "-")] == [gen_key]
 
 
 def test_scores_array_and_single_object(served, settings, lake, sdk):
@@ -230,3 +232,13 @@ def test_projects_auth_and_bad_requests(served, settings, lake, sdk):
 
     rows = _feedback(conf, lake, sdk)
     assert len(rows) == 1  # only the small gzipped score
+
+
+def test_saturated_writer_answers_503_with_retry_after(served, monkeypatch, sdk):
+    conf, url, _ = served
+    monkeypatch.setattr(sdk, "_capacity", 0)  # every submit is dropped as queue_full
+    r = httpx.post(f"{url}/api/public/scores", json={"traceId": TRACE, "name": "x", "value": 1.0}, headers=_auth())
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    r = httpx.post(f"{url}/api/public/ingestion", headers=_auth(), json={"batch": [
+        {"id": "e", "type": "score-create", "body": {"traceId": TRACE, "name": "x", "value": 1.0}}]})
+    assert r.status_code == 503

@@ -162,6 +162,8 @@ def score_fields(score: Any) -> dict[str, Any]:
     name = score.get("name")
     if not isinstance(name, str) or not name.strip():
         raise ValueError("'name' is required: a non-empty string")
+    if len(name) > 1000:
+        raise ValueError("'name' is longer than 1000 characters")
     trace_id = _id(score.get("traceId"), "traceId")
     observation_id = _id(score.get("observationId"), "observationId")
     user_meta = score.get("metadata")
@@ -240,7 +242,9 @@ def _submit(all_fields: list[dict[str, Any]]) -> bool:
 
     before = sum(v for k, v in WRITER.counts.items() if k.startswith("dropped_"))
     for fields in all_fields:
-        WRITER.submit(_build, (fields,), RECORD_BYTES + approx_bytes(fields) + approx_bytes(fields["metadata"]))
+        # The metadata is nested (the raw score and the app's own metadata): measure it, not the flat estimate.
+        size = RECORD_BYTES + approx_bytes(fields) + len(json.dumps(fields["metadata"], default=str))
+        WRITER.submit(_build, (fields,), size)
     after = sum(v for k, v in WRITER.counts.items() if k.startswith("dropped_"))
     return after == before
 
