@@ -202,7 +202,9 @@ def test_weights_split_sticky_users_and_live_weight_changes(gw_settings, sdk):
     assert Counter(r["route"] for r in rows[:40]) == routes
 
 
-def test_upstream_errors_pass_through_and_are_captured(gw_settings, sdk):
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_upstream_errors_pass_through_and_are_captured(gw_settings, sdk, transport, monkeypatch):
+    monkeypatch.setenv("CONTINUUM_GATEWAY_HTTP", transport)
     with OpenAIServer(chat=echo) as upstream, Served(gw_settings) as served:
         write_arms(gw_settings, [mock_arm(upstream)])
         upstream.push(Reply.error(500, "boom upstream"), Reply.rate_limited(7))
@@ -224,7 +226,7 @@ def test_upstream_errors_pass_through_and_are_captured(gw_settings, sdk):
     statuses = [json.loads(r["metadata"])["gateway"].get("upstream_status") for r in rows]
     assert statuses == [500, 429, None]
     assert "boom upstream" in rows[0]["error_message"] and rows[0]["error_type"] == "UpstreamHTTPError"
-    assert rows[2]["route"] == "dead" and rows[2]["error_type"] == "ConnectError"
+    assert rows[2]["route"] == "dead" and rows[2]["error_type"] in ("ConnectError", "ClientConnectorError")
     assert UPSTREAM_KEY not in json.dumps(rows)
 
 
@@ -260,3 +262,16 @@ def test_bad_requests_get_clear_4xx(gw_settings, sdk):
         assert {m.id for m in models.data} == {TASK, "teacher-model"}
     assert len(upstream.chat_requests) == 1
     assert len([r for r in landed(gw_settings) if r["kind"] == "interaction"]) == 1
+
+
+def test_httpx_transport_answers_and_streams(gw_settings, sdk, monkeypatch):
+    monkeypatch.setenv("CONTINUUM_GATEWAY_HTTP", "httpx")
+    with OpenAIServer(chat=echo) as upstream, Served(gw_settings) as served:
+        write_arms(gw_settings, [mock_arm(upstream)])
+        c = client(served)
+        assert c.chat.completions.create(model="m", messages=[{"role": "user", "content": "a"}]
+                                         ).choices[0].message.content == "echo: a"
+        chunks = list(c.chat.completions.create(model="m", messages=[{"role": "user", "content": "b"}], stream=True))
+        assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == "echo: b"
+    rows = [r for r in landed(gw_settings) if r["kind"] == "interaction"]
+    assert [r["response"] for r in rows] == ["echo: a", "echo: b"] and rows[1]["ttft_ms"] is not None

@@ -15,8 +15,10 @@ Optional request headers: `x-continuum-user` / `x-continuum-session` (else body 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
 from dataclasses import dataclass
 from time import perf_counter_ns, time_ns
 from typing import Any
@@ -69,6 +71,68 @@ class UpstreamHTTPError(Exception):
 
 class ClientGone(Exception):
     """The client went away before the streamed answer ended."""
+
+
+class _HttpxUpstream:
+    """Upstream calls with one pooled httpx.AsyncClient (always available)."""
+
+    errors: tuple[type[BaseException], ...] = (httpx.HTTPError,)
+
+    def __init__(self) -> None:
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=60.0),
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128, keepalive_expiry=60.0),
+            follow_redirects=False, trust_env=False)
+
+    async def post(self, url: str, payload: bytes, headers: dict[str, str]) -> tuple[int, list, Any]:
+        response = await self.client.send(self.client.build_request("POST", url, content=payload, headers=headers),
+                                          stream=True)
+        return response.status_code, list(response.headers.items()), response
+
+    async def read(self, response: Any) -> bytes:
+        return await response.aread()
+
+    def chunks(self, response: Any) -> Any:
+        return response.aiter_bytes()  # decoded: the content-encoding header is not passed on
+
+    async def close(self, response: Any) -> None:
+        await response.aclose()
+
+
+class _AiohttpUpstream:
+    """The same with one pooled aiohttp session: about 0.6 ms less per call than httpx (bench/gateway_overhead.py)."""
+
+    def __init__(self) -> None:
+        import aiohttp
+
+        self.errors = (aiohttp.ClientError, TimeoutError)
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=512, keepalive_timeout=60.0),
+            timeout=aiohttp.ClientTimeout(total=None, connect=10.0, sock_read=600.0), trust_env=False,
+            skip_auto_headers=("User-Agent",))
+
+    async def post(self, url: str, payload: bytes, headers: dict[str, str]) -> tuple[int, list, Any]:
+        response = await self.session.post(url, data=payload, headers=headers, allow_redirects=False)
+        return response.status, list(response.headers.items()), response
+
+    async def read(self, response: Any) -> bytes:
+        return await response.read()
+
+    def chunks(self, response: Any) -> Any:
+        return response.content.iter_any()
+
+    async def close(self, response: Any) -> None:
+        response.release()
+
+
+def _upstream_client() -> Any:
+    """aiohttp when it is installed (it comes with mlflow), else httpx; CONTINUUM_GATEWAY_HTTP=httpx forces httpx."""
+    if os.environ.get("CONTINUUM_GATEWAY_HTTP", "").lower() != "httpx":
+        try:
+            return _AiohttpUpstream()
+        except ImportError:
+            pass
+    return _HttpxUpstream()
 
 
 def _sse_result(raw: bytes) -> dict[str, Any] | None:
@@ -142,19 +206,14 @@ class Gateway:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.arms = ArmsState(settings.gateway_arms)
-        self._client: httpx.AsyncClient | None = None
+        self._client: Any = None
         self._loop: Any = None
 
-    def client(self) -> httpx.AsyncClient:
-        """One pooled client per event loop (an app served once has one loop: one client)."""
-        import asyncio
-
+    def upstream(self) -> Any:
+        """One pooled upstream client per event loop (an app served once has one loop: one client)."""
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=60.0),
-                limits=httpx.Limits(max_connections=512, max_keepalive_connections=128, keepalive_expiry=60.0),
-                follow_redirects=False, trust_env=False)
+            self._client = _upstream_client()
             self._loop = loop
         return self._client
 
@@ -257,34 +316,32 @@ class Gateway:
         size = RECORD_BYTES + len(raw)
         wall = time_ns()
         t0 = perf_counter_ns()
-        client = self.client()
+        up = self.upstream()
         try:
-            upstream = await client.send(client.build_request("POST", arm.chat_url, content=payload,
-                                                              headers=out_headers), stream=True)
-        except httpx.HTTPError as exc:
+            status, up_headers, upstream = await up.post(arm.chat_url, payload, out_headers)
+        except up.errors as exc:
             elapsed = perf_counter_ns() - t0
             ann["metadata"]["gateway"]["upstream_error"] = type(exc).__name__
             WRITER.submit(_build, (spec, iid, wall, elapsed, messages, None, stream, exc, ctx, ann, arm), size)
             log.warning("gateway: upstream %s for task %s unreachable: %s", arm.name, task.task, type(exc).__name__)
             return _error(502, f"upstream arm {arm.name!r} could not be reached ({type(exc).__name__})",
                           "upstream_error", headers={ID_HEADER: iid, ROUTE_HEADER: arm.name})
-        status = upstream.status_code
         ann["metadata"]["gateway"]["upstream_status"] = status
-        passed = {k: v for k, v in upstream.headers.items() if k.lower() not in _DROP}
+        passed = {k: v for k, v in up_headers if k.lower() not in _DROP}
         passed[ID_HEADER] = iid
         passed[ROUTE_HEADER] = arm.name
+        content_type = next((v for k, v in up_headers if k.lower() == "content-type"), "")
 
-        if status >= 400 or not stream or not upstream.headers.get("content-type", "").startswith(
-                "text/event-stream"):
+        if status >= 400 or not stream or not content_type.startswith("text/event-stream"):
             try:
-                answer = await upstream.aread()
-            except httpx.HTTPError as exc:
+                answer = await up.read(upstream)
+            except up.errors as exc:
                 elapsed = perf_counter_ns() - t0
                 WRITER.submit(_build, (spec, iid, wall, elapsed, messages, None, stream, exc, ctx, ann, arm), size)
                 return _error(502, f"upstream arm {arm.name!r} broke off its answer ({type(exc).__name__})",
                               "upstream_error", headers={ID_HEADER: iid, ROUTE_HEADER: arm.name})
             finally:
-                await upstream.aclose()
+                await up.close(upstream)
             elapsed = perf_counter_ns() - t0
             error = None
             if status >= 400:
@@ -298,20 +355,20 @@ class Gateway:
             kept_bytes = 0
             error: BaseException | None = None
             try:
-                async for chunk in upstream.aiter_raw():
+                async for chunk in up.chunks(upstream):
                     if "ttft_ms" not in ann:
                         ann["ttft_ms"] = (perf_counter_ns() - t0) / 1e6
                     if kept_bytes < STREAM_KEEP_BYTES:
                         kept.append(chunk)
                         kept_bytes += len(chunk)
                     yield chunk
-            except httpx.HTTPError as exc:
+            except up.errors as exc:
                 error = exc
             except BaseException:  # the client went away (cancelled): still record what was answered
                 error = ClientGone("the client closed the connection before the stream ended")
                 raise
             finally:
-                await upstream.aclose()
+                await up.close(upstream)
                 elapsed = perf_counter_ns() - t0
                 answer = b"".join(kept)
                 WRITER.submit(_build, (spec, iid, wall, elapsed, messages, answer, True, error, ctx, ann, arm),
