@@ -88,6 +88,9 @@ class Settings:
     langfuse_secret_key: str | None = field(default=None, repr=False)
     serve_allow_no_auth: bool = False  # only honoured when serving on 127.0.0.1
     serve_max_body_bytes: int = 16 << 20
+    # OTLP receiver: span/resource attributes naming the task (first found wins) and the consent attribute
+    otlp_task_attributes: tuple[str, ...] = ("continuum.task", "langfuse.trace.name", "service.name")
+    otlp_consent_attribute: str = "continuum.consent"
     gateway_arms: Path | None = None  # the gateway's arms file (weights per task), re-read when it changes
 
     @property
@@ -136,6 +139,9 @@ class Settings:
             langfuse_secret_key=_env("CONTINUUM_LANGFUSE_SECRET_KEY"),
             serve_allow_no_auth=(_env("CONTINUUM_SERVE_ALLOW_NO_AUTH") or "").lower() in ("1", "true", "yes"),
             serve_max_body_bytes=_int_env("CONTINUUM_SERVE_MAX_BODY_BYTES", 16 << 20),
+            otlp_task_attributes=tuple(a.strip() for a in (_env("CONTINUUM_OTLP_TASK_ATTRIBUTES") or
+                                   "continuum.task,langfuse.trace.name,service.name").split(",") if a.strip()),
+            otlp_consent_attribute=_env("CONTINUUM_OTLP_CONSENT_ATTRIBUTE", "continuum.consent"),
             gateway_arms=Path(_env("CONTINUUM_GATEWAY_ARMS", str(home / "gateway" / "arms.json"))).expanduser().resolve(),
             tasks=tuple(Path(p).expanduser().resolve() for p in
                         (_env("CONTINUUM_TASKS") or str(EXAMPLE_TASKS)).split(os.pathsep) if p),
