@@ -180,6 +180,14 @@ def land(settings: Settings, req: ExportTraceServiceRequest,
     return result, True
 
 
+def receive(settings: Settings, body: bytes, content_type: str, content_encoding: str,
+            recent: spans.RecentContexts | None = None) -> tuple[spans.MapResult, bool, bool]:
+    """Decode, map and land one export body (in a worker thread): (result, accepted, is_json)."""
+    req, is_json = decode(body, content_type, content_encoding, settings.serve_max_body_bytes)
+    result, accepted = land(settings, req, recent)
+    return result, accepted, is_json
+
+
 # --- responses -----------------------------------------------------------------------------------------------
 
 def _export_response(result: spans.MapResult, is_json: bool) -> Response:
@@ -208,12 +216,10 @@ def make_handler(settings: Settings, check, recent: spans.RecentContexts):
         is_json = content_type.split(";")[0].strip().lower() in JSON_TYPES
         try:
             body = await read_body(request, settings.serve_max_body_bytes)
-            req, is_json = await run_in_threadpool(decode, body, content_type,
-                                                   request.headers.get("content-encoding", ""),
-                                                   settings.serve_max_body_bytes)
+            result, accepted, is_json = await run_in_threadpool(
+                receive, settings, body, content_type, request.headers.get("content-encoding", ""), recent)
         except BadRequest as exc:
             return _error(exc.status, str(exc), is_json)
-        result, accepted = await run_in_threadpool(land, settings, req, recent)
         if not accepted:
             log.warning("landing writer is saturated: answering 503 to an export of %d spans", result.total_spans)
             return _error(503, "the landing writer is saturated: retry later", is_json,

@@ -28,7 +28,21 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from continuum_pipeline.capture.record import SCHEMA_VERSION, content_hash, iso_utc, to_json_text
+from continuum_pipeline.capture.record import SCHEMA_VERSION, iso_utc, to_json_text
+
+try:  # metadata holds every raw attribute: orjson encodes it ~5x faster than json when it is installed
+    import orjson
+
+    _loads = orjson.loads
+
+    def _dumps(value: Any) -> str:
+        try:
+            return orjson.dumps(value, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
+        except (TypeError, orjson.JSONEncodeError):
+            return to_json_text(value)
+except ImportError:  # pragma: no cover - orjson comes with the pipeline's dependencies
+    _dumps = to_json_text
+    _loads = json.loads
 
 DEFAULT_TASK_ATTRIBUTES = ("continuum.task", "langfuse.trace.name", "service.name")
 DEFAULT_CONSENT_ATTRIBUTE = "continuum.consent"
@@ -81,8 +95,8 @@ def _json(value: Any) -> Any:
         text = value.strip()
         if text[:1] in ("[", "{", '"'):
             try:
-                return json.loads(text)
-            except ValueError:
+                return _loads(text)
+            except ValueError:  # orjson.JSONDecodeError is a ValueError too
                 return value
     return value
 
@@ -107,6 +121,14 @@ def _float(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return f if f == f and f not in (float("inf"), float("-inf")) else None
+
+
+def _lazy_first(*thunks: Any) -> Any:
+    for thunk in thunks:
+        v = thunk()
+        if v is not None and v != "" and v != []:
+            return v
+    return None
 
 
 def _first(*values: Any) -> Any:
@@ -315,17 +337,34 @@ def map_span(span: Any, attrs: dict[str, Any], resource: dict[str, Any], scope: 
         return a[name] if a.get(name) not in (None, "") else resource.get(name)
 
     # input / output: langfuse > gen_ai (current, then older events and flat form) > OpenInference
-    lf_input, lf_output = _json(a.get("langfuse.observation.input")), _json(a.get("langfuse.observation.output"))
-    ev_in, ev_out = _event_messages(events)
-    gen_in = messages_from(a.get("gen_ai.input.messages"))
-    if gen_in is not None:
-        gen_in = _system_messages(a.get("gen_ai.system_instructions")) + gen_in
-    gen_out = messages_from(a.get("gen_ai.output.messages"))
-    messages = _first(messages_from(lf_input), gen_in, ev_in, _flat_prompt(a, "prompt"),
-                      _indexed_messages(a, "input"), messages_from(a.get("input.value")))
-    outputs = _first(messages_from(lf_output), gen_out, ev_out, _flat_prompt(a, "completion"),
-                     _indexed_messages(a, "output"), messages_from(a.get("output.value")))
-    raw_output = _first(lf_output if not isinstance(lf_output, list) else None, a.get("output.value"))
+    # Which families of attributes the span has: one pass, so the fallbacks below cost nothing when absent.
+    has_lf = has_oi = has_flat = False
+    for k in a:
+        c = k[0]
+        if c == "l":
+            if k.startswith("langfuse."):
+                has_lf = True
+            elif k.startswith(("llm.input_messages.", "llm.output_messages.")):
+                has_oi = True
+        elif c == "g" and k.startswith(("gen_ai.prompt.", "gen_ai.completion.")):
+            has_flat = True
+    lf_input = _json(a.get("langfuse.observation.input")) if has_lf else None
+    lf_output = _json(a.get("langfuse.observation.output")) if has_lf else None
+    ev_in, ev_out = _event_messages(events) if events else (None, None)
+    gen_out_raw = _json(a.get("gen_ai.output.messages"))
+    oi_out = _indexed_messages(a, "output") if has_oi else None
+
+    def gen_in():
+        msgs = messages_from(a.get("gen_ai.input.messages"))
+        return None if msgs is None else _system_messages(a.get("gen_ai.system_instructions")) + msgs
+
+    messages = _lazy_first(lambda: messages_from(lf_input), gen_in, lambda: ev_in,
+                           lambda: _flat_prompt(a, "prompt") if has_flat else None,
+                           lambda: _indexed_messages(a, "input") if has_oi else None,
+                           lambda: messages_from(a.get("input.value")))
+    outputs = _lazy_first(lambda: messages_from(lf_output), lambda: messages_from(gen_out_raw), lambda: ev_out,
+                          lambda: _flat_prompt(a, "completion") if has_flat else None, lambda: oi_out,
+                          lambda: messages_from(a.get("output.value")))
     if messages:
         prompt = next((m["content"] for m in reversed(messages) if m["role"] == "user"), None)
     else:
@@ -335,12 +374,16 @@ def map_span(span: Any, attrs: dict[str, Any], resource: dict[str, Any], scope: 
         response = _first(*(m.get("content") for m in outputs if m.get("role") in ("assistant", "model", None)))
         if response is None:
             response = outputs[0].get("content")
-    elif isinstance(raw_output, dict):  # {"role": "assistant", "content": ...} or any object
-        response = _text_of(raw_output.get("content")) if "content" in raw_output else to_json_text(raw_output)
     else:
-        response = raw_output if raw_output is None or isinstance(raw_output, str) else to_json_text(raw_output)
+        raw_output = _first(lf_output if not isinstance(lf_output, list) else None, a.get("output.value"))
+        if isinstance(raw_output, dict):  # {"role": "assistant", "content": ...} or any object
+            response = _text_of(raw_output.get("content")) if "content" in raw_output else to_json_text(raw_output)
+        else:
+            response = raw_output if raw_output is None or isinstance(raw_output, str) else to_json_text(raw_output)
     tool_calls = []
-    for source in (messages_from(lf_output), _json(a.get("gen_ai.output.messages")), _indexed_messages(a, "output")):
+    for source in (lf_output, gen_out_raw, oi_out):
+        if isinstance(source, dict):
+            source = [source]
         if isinstance(source, list):
             tool_calls = [c for m in source if isinstance(m, dict) for c in _tool_calls_of(m)]
             if tool_calls:
@@ -387,8 +430,9 @@ def map_span(span: Any, attrs: dict[str, Any], resource: dict[str, Any], scope: 
         "finish_reasons": list(finish) if isinstance(finish, list | tuple) else finish,
         "conversation_id": a.get("gen_ai.conversation.id"),
         "tags": _first(_json(a.get("langfuse.trace.tags")), _json(a.get("tag.tags"))),
-        "metadata": _first(_prefixed(a, "langfuse.observation.metadata.") or None, _json(a.get("metadata"))),
-        "trace_metadata": _prefixed(a, "langfuse.trace.metadata.") or None,
+        "metadata": _first(_prefixed(a, "langfuse.observation.metadata.") if has_lf else None,
+                           _json(a.get("metadata"))),
+        "trace_metadata": (_prefixed(a, "langfuse.trace.metadata.") or None) if has_lf else None,
         "trace_name": a.get("langfuse.trace.name"),
         "prompt_name": a.get("langfuse.observation.prompt.name"),
         "prompt_version": a.get("langfuse.observation.prompt.version"),
@@ -426,11 +470,10 @@ def map_span(span: Any, attrs: dict[str, Any], resource: dict[str, Any], scope: 
         "status": "error" if failed else "ok",
         "error_type": _str(error_type) if failed else None,
         "error_message": str(error_message)[:2000] if failed and error_message else None,
-        "metadata": to_json_text(metadata),
+        "metadata": _dumps(metadata),
         "source": "otlp",
     }
-    record["content_hash"] = content_hash(record["prompt"], messages, record["response"])
-    return record
+    return record  # content_hash is left to ingest, which fills it when absent (the same function)
 
 
 def _str(value: Any) -> str | None:
