@@ -144,6 +144,9 @@ def main() -> None:
                   f"{row['direct']['p99_us'] / 1e3:.3f} ms | gateway p50 {row['gateway']['p50_us'] / 1e3:.3f} ms "
                   f"p99 {row['gateway']['p99_us'] / 1e3:.3f} ms | added p50 {row['added_p50_ms']:.3f} ms "
                   f"p99 {row['added_p99_ms']:.3f} ms (×{row['ratio_p50']:.2f} at p50)", flush=True)
+        conn = http.client.HTTPConnection("127.0.0.1", gw_port)
+        conn.request("GET", "/healthz")
+        capture_stats = json.loads(conn.getresponse().read()).get("capture")
     finally:
         for p in reversed(procs):
             p.terminate()
@@ -155,9 +158,9 @@ def main() -> None:
         targets[f"p50_added<=1ms@{clients}"] = row["added_p50_ms"] <= 1.0
         targets[f"p99_added<=5ms@{clients}"] = row["added_p99_ms"] <= 5.0
     print("targets:", ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in targets.items()))
-    print(f"captured interactions landed: {landed}")
+    print(f"captured interactions landed: {landed}; the gateway's writer before shutdown: {capture_stats}")
     out = ROOT / "bench" / "results" / "gateway_overhead.json"
-    out.write_text(json.dumps({"results": results, "targets": targets, "landed": landed,
+    out.write_text(json.dumps({"results": results, "targets": targets, "landed": landed, "capture_stats": capture_stats,
                                "requests_per_block": args.requests, "blocks": args.blocks,
                                "cpus": os.cpu_count(), "python": platform.python_version()}, indent=2))
     print(f"wrote {out}")

@@ -45,7 +45,7 @@ class Served:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(create_app(settings, str(model_dir) if model_dir else None), host="127.0.0.1",
-                                port=self.port, log_level="warning", lifespan="off")
+                                port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

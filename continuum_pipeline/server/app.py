@@ -7,6 +7,8 @@ so ingest, quarantine and exactly-once are the same as for `@capture`.
 
 from __future__ import annotations
 
+import contextlib
+
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -28,7 +30,13 @@ def create_app(settings: Settings, model_dir: str | None = None) -> Starlette:
     routes += otlp.routes(settings)
     routes += langfuse.routes(settings)
     routes += gateway.routes(settings, model_dir)
-    return Starlette(routes=routes)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        yield
+        await gateway.aclose()  # the gateway's pooled upstream connections
+
+    return Starlette(routes=routes, lifespan=lifespan)
 
 
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 4318, model_dir: str | None = None) -> None:

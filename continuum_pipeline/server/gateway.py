@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import os
+import weakref
 from dataclasses import dataclass
 from time import perf_counter_ns, time_ns
 from typing import Any
@@ -84,6 +85,9 @@ class _HttpxUpstream:
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=128, keepalive_expiry=60.0),
             follow_redirects=False, trust_env=False)
 
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
     async def post(self, url: str, payload: bytes, headers: dict[str, str]) -> tuple[int, list, Any]:
         response = await self.client.send(self.client.build_request("POST", url, content=payload, headers=headers),
                                           stream=True)
@@ -110,6 +114,9 @@ class _AiohttpUpstream:
             connector=aiohttp.TCPConnector(limit=512, keepalive_timeout=60.0),
             timeout=aiohttp.ClientTimeout(total=None, connect=10.0, sock_read=600.0), trust_env=False,
             skip_auto_headers=("User-Agent",))
+
+    async def aclose(self) -> None:
+        await self.session.close()
 
     async def post(self, url: str, payload: bytes, headers: dict[str, str]) -> tuple[int, list, Any]:
         response = await self.session.post(url, data=payload, headers=headers, allow_redirects=False)
@@ -216,6 +223,12 @@ class Gateway:
             self._client = _upstream_client()
             self._loop = loop
         return self._client
+
+    async def aclose(self) -> None:
+        """Close the upstream pool (the app's lifespan calls this at shutdown)."""
+        client, self._client = self._client, None
+        if client is not None and self._loop is asyncio.get_running_loop():
+            await client.aclose()
 
     async def _body(self, request: Request) -> bytes | Response:
         limit = self.settings.serve_max_body_bytes
@@ -377,8 +390,18 @@ class Gateway:
         return StreamingResponse(relay(), status_code=status, headers=passed, media_type="text/event-stream")
 
 
+_GATEWAYS: weakref.WeakSet[Gateway] = weakref.WeakSet()
+
+
+async def aclose() -> None:
+    """Close every gateway's upstream pool opened on this event loop (app shutdown)."""
+    for gateway in list(_GATEWAYS):
+        await gateway.aclose()
+
+
 def routes(settings: Settings, model_dir: str | None = None) -> list[Route]:
     gateway = Gateway(settings)
+    _GATEWAYS.add(gateway)
     out = [Route("/v1/chat/completions", gateway.chat, methods=["POST"]),
            Route("/v1/models", gateway.models, methods=["GET"])]
     if model_dir:
