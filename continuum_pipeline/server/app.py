@@ -35,6 +35,10 @@ def create_app(settings: Settings, model_dir: str | None = None) -> Starlette:
     async def lifespan(app: Starlette):
         yield
         await gateway.aclose()  # the gateway's pooled upstream connections
+        # uvicorn re-raises SIGTERM/SIGINT after shutdown, so atexit never runs: land what is queued now.
+        from continuum_pipeline.capture.writer import WRITER
+
+        WRITER.flush()
 
     return Starlette(routes=routes, lifespan=lifespan)
 
