@@ -244,6 +244,12 @@ def test_bad_requests_get_clear_4xx(gw_settings, sdk):
         assert r.status_code == 400 and "unknown task" in r.json()["error"]["message"]
         task = {**auth, "x-continuum-task": TASK}
         assert httpx.post(url, json=ok, headers=task).status_code == 200
+        # the task (and session) from the body's metadata instead: Continuum's keys never go upstream
+        meta = {**ok, "metadata": {"continuum_task": TASK, "session_id": "s-9", "app": "kept"}}
+        assert httpx.post(url, json=meta, headers=auth).status_code == 200
+        assert upstream.chat_requests[-1].body["metadata"] == {"app": "kept"}
+        assert httpx.post(url, json={**ok, "user": f"task:{TASK}"}, headers=auth).status_code == 200
+        assert "user" not in upstream.chat_requests[-1].body
         assert httpx.post(url, content=b"{not json", headers=task).status_code == 400
         assert httpx.post(url, json={"model": "m"}, headers=task).status_code == 400
         assert httpx.post(url, json={"model": "m", "messages": []}, headers=task).status_code == 400
@@ -260,8 +266,9 @@ def test_bad_requests_get_clear_4xx(gw_settings, sdk):
         assert httpx.get(f"{served.url}/v1/models").status_code == 401
         models = client(served).models.list()
         assert {m.id for m in models.data} == {TASK, "teacher-model"}
-    assert len(upstream.chat_requests) == 1
-    assert len([r for r in landed(gw_settings) if r["kind"] == "interaction"]) == 1
+    assert len(upstream.chat_requests) == 3
+    rows = [r for r in landed(gw_settings) if r["kind"] == "interaction"]
+    assert len(rows) == 3 and rows[1]["session_id"] == "s-9" and rows[1]["task"] == TASK
 
 
 def test_httpx_transport_answers_and_streams(gw_settings, sdk, monkeypatch):
@@ -275,3 +282,25 @@ def test_httpx_transport_answers_and_streams(gw_settings, sdk, monkeypatch):
         assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == "echo: b"
     rows = [r for r in landed(gw_settings) if r["kind"] == "interaction"]
     assert [r["response"] for r in rows] == ["echo: a", "echo: b"] and rows[1]["ttft_ms"] is not None
+
+
+def test_arms_file_sticky_hash_and_last_good_file_kept(tmp_path, caplog):
+    path = tmp_path / "arms.json"
+    state = arms_file.ArmsState(path)
+    assert state.get().tasks == {}  # no file: no arms
+    arms = [{"name": "a", "base_url": "http://a/v1", "weight": 3}, {"name": "b", "base_url": "http://b/v1", "weight": 1}]
+    arms_file.write(path, {"tasks": {"t": {"sticky": "session", "arms": arms}}})
+    task = state.get().tasks["t"]
+    picks = Counter(task.pick(session_id=f"s{i}").name for i in range(4000))
+    assert 0.7 < picks["a"] / 4000 < 0.8  # by weight
+    assert {task.pick(session_id="s1").name for _ in range(10)} == {task.pick(session_id="s1").name}
+    path.write_text("{broken")
+    assert state.get().tasks["t"] is task and "invalid" in caplog.text  # the last good file stays in force
+    yaml_path = tmp_path / "arms.yaml"
+    yaml_path.write_text("tasks:\n  t:\n    arms:\n      - {name: only, base_url: 'http://x/v1', weight: 1}\n")
+    assert arms_file.ArmsState(yaml_path).get().tasks["t"].pick().name == "only"
+    for bad in ({"tasks": {"t": {"arms": []}}}, {"tasks": {"t": {"sticky": "ip", "arms": arms}}},
+                {"tasks": {"t": {"arms": [{"name": "a", "base_url": "u", "weight": -1}]}}},
+                {"default_task": "x", "tasks": {"t": {"arms": arms}}}):
+        with pytest.raises(arms_file.ArmsError):
+            arms_file.write(path, bad)

@@ -303,6 +303,8 @@ class Gateway:
         requested_model = body.get("model")
         if arm.model:
             body["model"] = arm.model
+        if user and user.startswith("task:"):
+            body.pop("user")
         if metadata and any(k in metadata for k in _META_KEYS):
             rest = {k: v for k, v in metadata.items() if k not in _META_KEYS}
             if rest:
@@ -319,7 +321,7 @@ class Gateway:
 
         iid = new_id()
         ann: dict[str, Any] = {"route": arm.name, "metadata": {
-            "gateway": {"arm": arm.name, "upstream": arm.base_url, "requested_model": requested_model,
+            "gateway": {"arm": arm.name, "upstream": arm.public_url, "requested_model": requested_model,
                         "stream": stream, "sticky": task.sticky,
                         **({"tools": len(body["tools"])} if isinstance(body.get("tools"), list) else {})}}}
         ctx = {"user_id": None if user_id is None else str(user_id),
