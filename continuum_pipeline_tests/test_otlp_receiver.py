@@ -166,6 +166,39 @@ def test_openinference_with_rag_contexts_and_langfuse_path(serve, lake):
     assert json.loads(r["metadata"])["tags"] == ["geo"]
 
 
+def test_langfuse_sdk_generation(serve, lake):
+    """The `langfuse` SDK (v5) sends its OTel spans to /api/public/otel/v1/traces with Basic auth."""
+    from langfuse import Langfuse, propagate_attributes
+
+    base, settings = serve
+    lf = Langfuse(public_key=LF_PUBLIC, secret_key=LF_SECRET, base_url=base, tracer_provider=TracerProvider(),
+                  flush_interval=0.1)
+    try:
+        with propagate_attributes(user_id="lf-u", session_id="lf-s", tags=["t1"], metadata={"tier": "gold"},
+                                  trace_name="support_answer"), \
+                lf.start_as_current_observation(
+                    as_type="generation", name="gen", model="gpt-test", version="v9",
+                    input=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "How do I reset?"}],
+                    output={"role": "assistant", "content": "Hold the button."}, metadata={"feature": "faq"},
+                    usage_details={"input": 12, "output": 4}, cost_details={"total": 0.0021}) as gen:
+            key = f"otel-{gen.trace_id}-{gen.id}"
+            with lf.start_as_current_observation(as_type="span", name="not a generation"):
+                pass
+        lf.flush()
+    finally:
+        lf.shutdown()
+    ingest_landing(lake, settings.landing_dir)
+    got = by_id(lake)
+    assert list(got) == [key]  # the plain span is skipped
+    r = got[key]
+    assert (r["model"], r["task"], r["user_id"], r["session_id"]) == ("gpt-test", "support_answer", "lf-u", "lf-s")
+    assert r["prompt"] == "How do I reset?" and r["response"] == "Hold the button." and len(r["messages"]) == 2
+    assert (r["prompt_tokens"], r["completion_tokens"], r["cost_usd"]) == (12, 4, 0.0021)
+    meta = json.loads(r["metadata"])
+    assert meta["metadata"] == {"feature": "faq"} and meta["trace_metadata"] == {"tier": "gold"}
+    assert meta["tags"] == ["t1"] and meta["version"] == "v9"
+
+
 def _kv(key, value):
     if isinstance(value, bool):
         return {"key": key, "value": {"boolValue": value}}
