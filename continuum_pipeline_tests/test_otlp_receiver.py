@@ -19,6 +19,7 @@ import httpx
 import openai
 import pytest
 import uvicorn
+from google.rpc.status_pb2 import Status
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -297,7 +298,10 @@ def test_bad_requests_get_the_right_status_and_nothing_is_lost(serve, lake, sdk)
     proto = {"Content-Type": "application/x-protobuf", "Authorization": f"Bearer {API_KEY}"}
     good = _protobuf_body(3, trace=b"\x02" * 16)
     with httpx.Client(timeout=10) as http:
-        assert http.post(url, content=good[:-7], headers=proto).status_code == 400  # truncated protobuf
+        r = http.post(url, content=good[:-7], headers=proto)  # truncated protobuf: a google.rpc.Status, as OTLP says
+        assert r.status_code == 400 and r.headers["content-type"] == "application/x-protobuf"
+        status = Status.FromString(r.content)
+        assert status.code == 3 and "protobuf" in status.message
         assert http.post(url, content=gzip.compress(good)[:-9],
                          headers={**proto, "Content-Encoding": "gzip"}).status_code == 400  # truncated gzip
         r = http.post(url, content=good, headers={**proto, "Content-Type": "text/plain"})

@@ -200,10 +200,18 @@ def _export_response(result: spans.MapResult, is_json: bool) -> Response:
     return Response(resp.SerializeToString(), media_type="application/x-protobuf")
 
 
-def _error(status: int, message: str, is_json: bool, headers: dict | None = None) -> Response:
-    """OTLP error responses carry a google.rpc.Status; a JSON one for JSON clients, else a readable JSON body
-    (exporters only log it)."""
-    code = {400: 3, 401: 16, 413: 8, 429: 8, 503: 14}.get(status, 2)
+def _error(status: int, message: str, protobuf: bool, headers: dict | None = None) -> Response:
+    """OTLP error responses carry a google.rpc.Status: protobuf for a protobuf request (when googleapis-common-protos,
+    which the OTLP exporters bring, is installed), else JSON `{"code", "message"}`, which anyone can read."""
+    code = {400: 3, 401: 16, 413: 8, 429: 8, 503: 14}.get(status, 2)  # INVALID_ARGUMENT, …, UNAVAILABLE
+    if protobuf:
+        try:
+            from google.rpc.status_pb2 import Status
+        except ImportError:  # pragma: no cover
+            pass
+        else:
+            return Response(Status(code=code, message=message).SerializeToString(), status_code=status,
+                            headers=headers, media_type="application/x-protobuf")
     return JSONResponse({"code": code, "message": message}, status_code=status, headers=headers)
 
 
@@ -213,16 +221,16 @@ def make_handler(settings: Settings, check, recent: spans.RecentContexts):
         if denied is not None:
             return denied
         content_type = request.headers.get("content-type", "")
-        is_json = content_type.split(";")[0].strip().lower() in JSON_TYPES
+        protobuf = content_type.split(";")[0].strip().lower() in PROTOBUF_TYPES
         try:
             body = await read_body(request, settings.serve_max_body_bytes)
             result, accepted, is_json = await run_in_threadpool(
                 receive, settings, body, content_type, request.headers.get("content-encoding", ""), recent)
         except BadRequest as exc:
-            return _error(exc.status, str(exc), is_json)
+            return _error(exc.status, str(exc), protobuf)
         if not accepted:
             log.warning("landing writer is saturated: answering 503 to an export of %d spans", result.total_spans)
-            return _error(503, "the landing writer is saturated: retry later", is_json,
+            return _error(503, "the landing writer is saturated: retry later", protobuf,
                           {"Retry-After": str(RETRY_AFTER_SECONDS)})
         if result.rejected_spans:
             log.warning("OTLP export: %d LLM span(s) rejected: %s", result.rejected_spans, "; ".join(result.errors))
