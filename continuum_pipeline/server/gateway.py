@@ -382,12 +382,12 @@ class Gateway:
             except BaseException:  # the client went away (cancelled): still record what was answered
                 error = ClientGone("the client closed the connection before the stream ended")
                 raise
-            finally:
-                await up.close(upstream)
+            finally:  # record first: a cancelled stream may be cancelled again at the close's first await
                 elapsed = perf_counter_ns() - t0
                 answer = b"".join(kept)
                 WRITER.submit(_build, (spec, iid, wall, elapsed, messages, answer, True, error, ctx, ann, arm),
                               size + len(answer))
+                await up.close(upstream)
 
         return StreamingResponse(relay(), status_code=status, headers=passed, media_type="text/event-stream")
 
