@@ -19,7 +19,9 @@ import httpx
 import openai
 import pytest
 import uvicorn
+from google.protobuf import json_format
 from google.rpc.status_pb2 import Status
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -29,6 +31,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from continuum_pipeline.capture.writer import WriterConfig
 from continuum_pipeline.lake.ingest import ingest_landing
@@ -115,10 +118,39 @@ def test_official_genai_instrumentation_protobuf_gzip(serve, lake, monkeypatch):
     finally:
         instrumentor.uninstrument()
         tp.shutdown()
+    # The same instrumentation's spans as an OTLP/JSON body (gzip), encoded by the exporter's own encoder; OTLP/JSON
+    # writes trace and span ids in hex where protobuf's JSON mapping would write base64.
+    memory = InMemorySpanExporter()
+    tp = TracerProvider(resource=Resource.create({"service.name": "support_answer"}))
+    tp.add_span_processor(UserSession("u-43", "s-8"))
+    tp.add_span_processor(SimpleSpanProcessor(memory))
+    instrumentor.instrument(tracer_provider=tp)
+    try:
+        with OpenAIServer(chat=lambda messages: "eight") as upstream:
+            assert chat(upstream, "and 4+4?") == "eight"
+    finally:
+        instrumentor.uninstrument()
+    body = json_format.MessageToDict(encode_spans(memory.get_finished_spans()))
+    for rs in body["resourceSpans"]:
+        for ss in rs["scopeSpans"]:
+            for span in ss["spans"]:
+                for key in ("traceId", "spanId", "parentSpanId"):
+                    if key in span:
+                        span[key] = base64.b64decode(span[key]).hex()
+    r = httpx.post(base + "/v1/traces", content=gzip.compress(json.dumps(body).encode()),
+                   headers={"Content-Type": "application/json", "Content-Encoding": "gzip",
+                            "Authorization": f"Bearer {API_KEY}"})
+    assert r.status_code == 200 and r.json() == {}
+    ctx = memory.get_finished_spans()[0].context
+    json_key = f"otel-{ctx.trace_id:032x}-{ctx.span_id:016x}"
+
     report = ingest_landing(lake, settings.landing_dir)
-    assert report.rows("quarantine") == 0 and report.rows("interactions") == 2
+    assert report.rows("quarantine") == 0 and report.rows("interactions") == 3
     got = [r for r in rows(lake, "interactions") if r["source"] == "otlp"]
-    assert len(got) == 2
+    assert len(got) == 3
+    j = next(r for r in got if r["interaction_id"] == json_key)
+    assert (j["prompt"], j["response"], j["model"], j["user_id"], j["session_id"], j["consent"]) == (
+        "and 4+4?", "eight", "gpt-test", "u-43", "s-8", "unknown")
     r = next(r for r in got if r["prompt"] == "what is 2+2?")
     assert r["interaction_id"] == f"otel-{r['trace_id']}-{r['span_id']}" and len(r["trace_id"]) == 32
     assert r["model"] == "gpt-test" and r["task"] == "support_answer" and r["consent"] == "granted"
