@@ -304,3 +304,25 @@ def test_arms_file_sticky_hash_and_last_good_file_kept(tmp_path, caplog):
                 {"default_task": "x", "tasks": {"t": {"arms": arms}}}):
         with pytest.raises(arms_file.ArmsError):
             arms_file.write(path, bad)
+
+
+def test_local_arm_serves_the_registry_champion(gw_settings, sdk, tiny_model, monkeypatch):
+    from continuum_pipeline.registry import models as registry
+    from continuum_pipeline.server import local_model
+
+    current: dict = {}
+    monkeypatch.setattr(local_model, "CHAMPION_CHECK_SECONDS", 0.0)
+    monkeypatch.setattr(registry, "champion", lambda uri, name: current.get(name))
+    monkeypatch.setattr(registry, "model_dir", lambda uri, ref, cache: tiny_model)
+    with Served(gw_settings, "champion:student") as served:
+        write_arms(gw_settings, [local_arm(served)])
+        c = client(served)
+        with pytest.raises(openai.APIStatusError) as none_yet:
+            c.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+        assert none_yet.value.status_code == 503 and "no champion" in str(none_yet.value)
+        for version in ("1", "2"):
+            current["student"] = registry.ModelVersionRef("student", version, "run", ("champion",), {})
+            answer = c.chat.completions.create(model="m", max_tokens=4, messages=[{"role": "user", "content": "hi"}])
+            assert answer.model == f"student@{version}"
+    rows = [r for r in landed(gw_settings) if r["kind"] == "interaction"]
+    assert [r["status"] for r in rows] == ["error", "ok", "ok"] and all(r["route"] == "student" for r in rows)

@@ -5,6 +5,10 @@
 token callback) and `GET /local/v1/models`. Point an arm at `http://HOST:PORT/local/v1` to route traffic to it
 through the gateway (same bearer key as the gateway: give the arm `api_key_env` naming a variable that holds it).
 Generation runs in a worker thread, one call at a time (the model is not shared between concurrent calls).
+
+`--model-dir champion:NAME` serves the registry's champion of the registered model NAME instead (downloaded
+once into `$CONTINUUM_HOME/models/serve`), re-checked every CHAMPION_CHECK_SECONDS: a promotion is served
+from the next call on, under the model name `NAME@<version>`.
 """
 
 from __future__ import annotations
@@ -23,23 +27,49 @@ from starlette.routing import Route
 from continuum_pipeline.server import auth
 from continuum_pipeline.settings import Settings
 
+CHAMPION_CHECK_SECONDS = 30.0
+
 
 class LocalModel:
     def __init__(self, settings: Settings, model_dir: str | Path):
         self.settings = settings
-        self.model_dir = Path(model_dir)
-        self.name = self.model_dir.name
+        spec = str(model_dir)
+        self.champion_of = spec.removeprefix("champion:") if spec.startswith("champion:") else None
+        self.model_dir = None if self.champion_of else Path(model_dir)
+        self.name = self.champion_of or Path(model_dir).name
         self._generator: Any = None
+        self._version: str | None = None
+        self._checked = 0.0
         self._load_lock = threading.Lock()
         self._run_lock = threading.Lock()
         self._ids = 0
 
+    def _champion_dir(self) -> Path | None:
+        """The champion's folder when it changed since the last look (at most every CHAMPION_CHECK_SECONDS)."""
+        from continuum_pipeline.registry import models as registry
+
+        if self._generator is not None and time.monotonic() - self._checked < CHAMPION_CHECK_SECONDS:
+            return None
+        self._checked = time.monotonic()
+        ref = registry.champion(self.settings.mlflow_uri, self.champion_of)
+        if ref is None:
+            if self._generator is None:
+                raise LookupError(f"the registry has no champion for {self.champion_of!r} yet")
+            return None
+        if ref.version == self._version:
+            return None
+        self._version = ref.version
+        self.name = f"{self.champion_of}@{ref.version}"
+        return registry.model_dir(self.settings.mlflow_uri, ref, self.settings.models_dir / "serve")
+
     def generator(self) -> Any:
         with self._load_lock:
-            if self._generator is None:
+            folder = self._champion_dir() if self.champion_of else (
+                self.model_dir if self._generator is None else None)
+            if folder is not None:
                 from continuum_pipeline.serving.generate import Generator
 
-                self._generator = Generator.from_pretrained(self.model_dir, batch_size=1)
+                self._generator = Generator.from_pretrained(folder, batch_size=1)
             return self._generator
 
     def _answer(self, messages: list[dict], max_tokens: int | None) -> tuple[str, int, int]:
@@ -86,7 +116,10 @@ class LocalModel:
                  for m in messages]
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
         max_tokens = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None
-        text, prompt_tokens, completion_tokens = await asyncio.to_thread(self._answer, plain, max_tokens)
+        try:
+            text, prompt_tokens, completion_tokens = await asyncio.to_thread(self._answer, plain, max_tokens)
+        except LookupError as exc:  # no champion to serve yet
+            return JSONResponse({"error": {"message": str(exc), "type": "model_not_found"}}, status_code=503)
         self._ids += 1
         base = {"id": f"chatcmpl-local-{self._ids}", "created": int(time.time()), "model": self.name}
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
