@@ -486,14 +486,17 @@ class RecentContexts:
     """RAG contexts of recent retrieval spans by (trace_id, parent_span_id), bounded: exporters that send each
     span as it ends (SimpleSpanProcessor) put the retriever and its sibling LLM span in different requests."""
 
-    def __init__(self, max_entries: int = 10_000) -> None:
+    MAX_DOCS = 64  # per (trace, parent): a runaway retriever cannot grow an entry without bound
+
+    def __init__(self, max_entries: int = 2_000) -> None:
         self.max_entries = max_entries
         self._items: collections.OrderedDict[tuple[bytes, bytes], list[str]] = collections.OrderedDict()
         self._lock = threading.Lock()
 
     def add(self, key: tuple[bytes, bytes], docs: list[str]) -> None:
         with self._lock:
-            self._items.setdefault(key, []).extend(docs)
+            entry = self._items.setdefault(key, [])
+            entry.extend(docs[:max(0, self.MAX_DOCS - len(entry))])
             self._items.move_to_end(key)
             while len(self._items) > self.max_entries:
                 self._items.popitem(last=False)
