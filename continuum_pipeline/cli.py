@@ -317,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="the OTLP / Langfuse receiver and the OpenAI-compatible gateway")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=4318)
-    serve.add_argument("--model-dir", help="also serve this local model as an upstream arm (default: none)")
+    serve.add_argument("--model-dir", help="also serve a local model at /local/v1 as an upstream arm: a Hugging Face "
+                       "folder, or champion:MODEL_NAME for the registry's champion (default: none)")
     serve.set_defaults(fn=cmd_serve)
     ui = sub.add_parser("ui", help="open the Dagster UI (and daemon: sensors, schedules) on this home")
     ui.add_argument("--host", default="127.0.0.1")
