@@ -42,6 +42,9 @@ status: install
 bench: install
 	$(BIN)/python bench/capture_overhead.py
 	$(BIN)/python bench/ingest_throughput.py
+	$(BIN)/python bench/judge_throughput.py
+	$(BIN)/python bench/otlp_receiver.py
+	$(BIN)/python bench/gateway_overhead.py
 
 lint: install
 	$(BIN)/ruff check continuum_pipeline continuum_pipeline_tests bench

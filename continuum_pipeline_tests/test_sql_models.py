@@ -255,3 +255,26 @@ def test_each_task_has_its_own_quality_daily_with_mean_reward(lake, settings):
     shared = {(r["day"], r["task"], r["model"]): r["interactions"] for r in lake.read_arrow("quality_daily").to_pylist()}
     assert shared == {(d20, "support_answer", "A"): 3, (d20, "support_answer", "B"): 1,
                       (d21, "support_answer", "A"): 1, (d20, "recipe_answer", "A"): 2}
+
+
+def test_staging_counts_a_redelivered_call_once_and_spreads_trace_level_scores(lake, settings):
+    trace = "0af7651916cd43dd8448eb211c80319c"
+    first, second = f"otel-{trace}-b7ad6b7169203331", f"otel-{trace}-00f067aa0ba902b7"
+    other = "otel-11111111111111111111111111111111-2222222222222222"
+    write_segment(settings.landing_dir, "20261121T000000Z-a", [
+        interaction(1, interaction_id=first), interaction(2, interaction_id=second),
+        interaction(3, interaction_id=other), feedback(1, first, score=1.0)])
+    # an exporter that lost our 200 sends the same span and score again, in a later segment
+    write_segment(settings.landing_dir, "20261121T000001Z-b", [
+        interaction(1, interaction_id=first), feedback(1, first, score=1.0),
+        feedback(2, f"otel-{trace}", score=0.0, label="trace_verdict")])  # a trace-level score
+    ingest_landing(lake, settings.landing_dir)
+    assert lake.read_arrow("interactions").num_rows == 4  # the lake keeps what arrived, raw
+    run_all(lake, SqlProject.load(SQL_DIR))
+    staged = lake.read_arrow("stg_interactions")["interaction_id"].to_pylist()
+    assert sorted(staged) == sorted([first, second, other])
+    events = sorted((r["feedback_id"], r["interaction_id"]) for r in lake.read_arrow("stg_feedback_events").to_pylist())
+    assert events == sorted([("f000001", first), ("f000002", first), ("f000002", second)])
+    per = {r["interaction_id"]: r for r in lake.read_arrow("interaction_feedback").to_pylist()}
+    assert per[first]["feedback_events"] == 2 and per[second]["negative_events"] == 1
+    assert per[other]["feedback_events"] == 0

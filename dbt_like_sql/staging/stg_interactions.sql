@@ -1,4 +1,5 @@
--- One row per captured model call, with the day and the outcome flags the marts group by.
+-- One row per captured model call, with the day and the outcome flags the marts group by. A call delivered
+-- twice (an OTLP exporter or SDK retrying after a lost acknowledgement) counts once: its first landing.
 select
     interaction_id,
     session_id,
@@ -26,3 +27,4 @@ select
     content_hash,
     source
 from {{ source('lake', 'interactions') }}
+qualify row_number() over (partition by interaction_id order by ingested_at, segment, segment_line) = 1
