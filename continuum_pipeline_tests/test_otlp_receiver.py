@@ -40,7 +40,9 @@ from continuum_pipeline.server.app import create_app
 from continuum_pipeline_tests.openai_server import OpenAIServer
 
 API_KEY = "test-key-1"
-LF_PUBLIC, LF_SECRET = "pk-lf-test", "sk-lf-test"
+# The langfuse SDK keeps one client per public key in a process: a key of its own, or a client from another
+# test file (pointed at a server that is gone) would be reused.
+LF_PUBLIC, LF_SECRET = "pk-lf-otlp-test", "sk-lf-otlp-test"
 LIMIT = 256 << 10
 
 
@@ -345,7 +347,7 @@ def test_bad_requests_get_the_right_status_and_nothing_is_lost(serve, lake, sdk)
         assert http.post(url, content=bomb, headers={**proto, "Content-Encoding": "gzip"}).status_code == 413
         assert http.post(url, content=good, headers={**proto, "Authorization": "Bearer nope"}).status_code == 401
         assert http.post(url, content=good, headers={"Content-Type": "application/x-protobuf"}).status_code == 401
-        lf_wrong = base64.b64encode(b"pk-lf-test:wrong").decode()
+        lf_wrong = base64.b64encode(LF_PUBLIC.encode() + b":wrong").decode()
         assert http.post(base + "/api/public/otel/v1/traces", content=good,
                          headers={**proto, "Authorization": f"Basic {lf_wrong}"}).status_code == 401
         assert http.post(base + "/api/public/otel/v1/traces", content=good, headers=proto).status_code == 401
