@@ -25,7 +25,7 @@ from time import perf_counter_ns, time_ns
 from typing import Any
 
 import httpx
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -34,6 +34,7 @@ from continuum_pipeline.capture.record import CONSENTS, interaction_record
 from continuum_pipeline.capture.writer import RECORD_BYTES, WRITER
 from continuum_pipeline.server import auth
 from continuum_pipeline.server.arms import Arm, ArmsState
+from continuum_pipeline.server.body import BadRequest, read_body
 from continuum_pipeline.settings import Settings
 
 log = logging.getLogger("continuum.gateway")
@@ -231,21 +232,10 @@ class Gateway:
             await client.aclose()
 
     async def _body(self, request: Request) -> bytes | Response:
-        limit = self.settings.serve_max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            return _error(413, f"request body over the limit of {limit} bytes (CONTINUUM_SERVE_MAX_BODY_BYTES)")
-        chunks, size = [], 0
         try:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    return _error(413, f"request body over the limit of {limit} bytes "
-                                       "(CONTINUUM_SERVE_MAX_BODY_BYTES)")
-                chunks.append(chunk)
-        except ClientDisconnect:
-            return Response(status_code=400)
-        return b"".join(chunks)
+            return await read_body(request, self.settings.serve_max_body_bytes)
+        except BadRequest as exc:
+            return _error(exc.status, exc.message)
 
     async def models(self, request: Request) -> Response:
         if (denied := auth.check_bearer(self.settings, request)) is not None:

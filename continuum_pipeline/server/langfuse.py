@@ -50,11 +50,12 @@ from datetime import UTC, datetime
 from time import time_ns
 from typing import Any
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from continuum_pipeline.server import auth
+from continuum_pipeline.server.body import BadRequest, read_body
 from continuum_pipeline.settings import Settings
 
 log = logging.getLogger("continuum.serve.langfuse")
@@ -63,12 +64,6 @@ PROJECT_ID = "continuum"
 DATA_TYPES = ("NUMERIC", "BOOLEAN", "CATEGORICAL", "TEXT", "CORRECTION")
 MAX_TEXT = 100_000  # chars of a label, comment or correction value kept; longer is rejected, not cut
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
-
-
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
 
 
 def _error(status: int, message: str, **headers: str) -> JSONResponse:
@@ -80,27 +75,10 @@ def _error(status: int, message: str, **headers: str) -> JSONResponse:
 
 async def _read_json(request: Request, limit: int) -> Any:
     """The body as JSON, at most `limit` bytes on the wire and after gunzip; BadRequest otherwise."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise BadRequest(413, f"request body of {declared} bytes is over the {limit}-byte limit "
-                                      "(CONTINUUM_SERVE_MAX_BODY_BYTES)")
-        except ValueError:
-            raise BadRequest(400, "Content-Length is not a number") from None
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if ctype and ctype != "application/json" and not ctype.endswith("+json"):
         raise BadRequest(415, f"Content-Type {ctype!r} is not supported: send application/json")
-    chunks, size = [], 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise BadRequest(413, f"request body is over the {limit}-byte limit (CONTINUUM_SERVE_MAX_BODY_BYTES)")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise BadRequest(400, "the client disconnected before the body was complete") from None
-    body = b"".join(chunks)
+    body = await read_body(request, limit)
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding == "gzip":
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)

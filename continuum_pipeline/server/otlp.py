@@ -33,6 +33,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from continuum_pipeline.server import auth, spans
+from continuum_pipeline.server.body import BadRequest, read_body
 from continuum_pipeline.settings import Settings
 
 log = logging.getLogger("continuum.serve.otlp")
@@ -43,29 +44,7 @@ RETRY_AFTER_SECONDS = 1
 HEADROOM = 0.9  # refuse a request that would fill the writer past this share of its bounds
 
 
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 # --- decoding ------------------------------------------------------------------------------------------------
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 past `limit` bytes (by Content-Length or while reading)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BadRequest(413, f"request body of {declared} bytes is over the limit of {limit} bytes "
-                              "(CONTINUUM_SERVE_MAX_BODY_BYTES): send smaller batches")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BadRequest(413, f"request body is over the limit of {limit} bytes (CONTINUUM_SERVE_MAX_BODY_BYTES): "
-                                  "send smaller batches")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
 
 def decompress(body: bytes, encoding: str, limit: int) -> bytes:
     encoding = encoding.strip().lower()
