@@ -2,6 +2,8 @@
 
 import json
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from statistics import NormalDist
 
 import numpy as np
@@ -9,10 +11,6 @@ import pydantic
 import pytest
 
 from continuum_pipeline.evaluation.gate import (
-    GatePolicy,
-    GoldenExample,
-    MetricPolicy,
-    compare,
     decide,
     exact_score_p,
     holm,
@@ -22,9 +20,76 @@ from continuum_pipeline.evaluation.gate import (
     tango_z,
     tarone_family,
 )
+from continuum_pipeline.evaluation.policy import GatePolicy, MetricPolicy
 
 # A demo-shaped golden set: 14 intents (8 of 8 items, 6 of 6) = 100 items, 4 intents changed by the policy.
 SIZES = [8] * 8 + [6] * 6
+
+
+# --- the previous margin rule (max(3 points, one example) per slice), which `decide` replaced: kept here as the
+# reference the comparison test below holds the new rule against ------------------------------------------------
+@dataclass(frozen=True)
+class GoldenExample:
+    golden_id: str
+    slices: tuple[str, ...]  # e.g. ("refund_status", "changed_intents", "all")
+    messages: list[dict]
+    metadata: dict
+
+
+@dataclass(frozen=True)
+class SliceResult:
+    slice: str
+    n: int
+    champion: float  # success rate
+    candidate: float
+    margin: float
+    p_value: float  # exact McNemar, two-sided, on the paired outcomes
+
+    @property
+    def delta(self) -> float:
+        return self.candidate - self.champion
+
+    @property
+    def passed(self) -> bool:
+        return self.delta >= -self.margin - 1e-9
+
+
+@dataclass
+class MarginGateResult:
+    slices: list[SliceResult] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(s.passed for s in self.slices)
+
+    @property
+    def failures(self) -> list[SliceResult]:
+        return [s for s in self.slices if not s.passed]
+
+    def table(self) -> list[dict]:
+        return [{"slice": s.slice, "n": s.n, "champion": s.champion, "candidate": s.candidate, "delta": s.delta,
+                 "margin": s.margin, "p_value": s.p_value, "passed": s.passed} for s in self.slices]
+
+
+def compare(examples: Sequence[GoldenExample], champion: Sequence[bool], candidate: Sequence[bool],
+            margins: dict[str, float] | None = None, default_margin: float = 0.05) -> MarginGateResult:
+    """The point-margin rule: a slice passes when Δ ≥ −margin."""
+    margins = margins or {}
+    pairs: dict[str, list[tuple[bool, bool]]] = {}
+    for ex, a, b in zip(examples, champion, candidate, strict=True):
+        for s in ex.slices:
+            pairs.setdefault(s, []).append((a, b))
+    result = MarginGateResult()
+    for s, outcomes in sorted(pairs.items()):
+        n = len(outcomes)
+        lost = sum(1 for a, b in outcomes if a and not b)
+        won = sum(1 for a, b in outcomes if b and not a)
+        result.slices.append(SliceResult(
+            slice=s, n=n, champion=sum(a for a, _ in outcomes) / n, candidate=sum(b for _, b in outcomes) / n,
+            margin=margins.get(s, default_margin), p_value=mcnemar_p(lost, won)))
+    return result
+
+
 CHANGED = {0, 1, 8, 9}
 START = [sum(SIZES[:k]) for k in range(len(SIZES))]
 ITEMS = [GoldenExample(f"intent_{k:02d}/{j}", (f"intent_{k:02d}", "changed" if k in CHANGED else "unchanged", "all"),

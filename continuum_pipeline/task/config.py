@@ -16,7 +16,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from continuum_pipeline.config_errors import format_validation_error
-from continuum_pipeline.evaluation.gate import GatePolicy
+from continuum_pipeline.evaluation.policy import GatePolicy
 from continuum_pipeline.judge.specs import JudgeSpec
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
