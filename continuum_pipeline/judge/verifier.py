@@ -71,14 +71,19 @@ def exact_match_check(expected_key: str = "expected") -> Check:
             raise KeyError(f"metadata has no {expected_key!r} (keys: {sorted(item.metadata)})")
         expected = item.metadata[expected_key]
         accepted = [str(e) for e in expected] if isinstance(expected, list | tuple) else [str(expected)]
-        if item.response is None:
-            return 0.0, "no response"
-        got = normalize_answer(item.response)
-        if any(normalize_answer(e) == got for e in accepted):
-            return 1.0, "matches the expected answer"
-        return 0.0, f"expected {' or '.join(map(repr, accepted))}, got {item.response!r}"[:300]
+        return match_answer(item.response, accepted, "the expected answer")
 
     return check
+
+
+def match_answer(response: str | None, accepted: Sequence[str], what: str) -> tuple[float, str]:
+    """(1.0, why) when the response equals any accepted answer after `normalize_answer`, else (0.0, why)."""
+    if response is None:
+        return 0.0, "no response"
+    got = normalize_answer(response)
+    if any(normalize_answer(a) == got for a in accepted):
+        return 1.0, f"matches {what}"
+    return 0.0, f"expected {' or '.join(map(repr, accepted))}, got {response!r}"[:300]
 
 
 def reference_answers(item: JudgeInput, field: str = "reference") -> list[str]:
@@ -128,14 +133,7 @@ class ReferenceMatchJudge:
         except KeyError as exc:
             raise JudgeError(f"judge {self.name!r} v{self.version}: cannot score interaction "
                              f"{item.interaction_id!r}: {exc.args[0]}") from None
-        if item.response is None:
-            score, rationale = 0.0, "no response"
-        else:
-            got = normalize_answer(item.response)
-            matched = any(normalize_answer(a) == got for a in accepted)
-            score = 1.0 if matched else 0.0
-            rationale = ("matches the reference answer" if matched else
-                         f"expected {' or '.join(map(repr, accepted))}, got {item.response!r}"[:300])
+        score, rationale = match_answer(item.response, accepted, "the reference answer")
         return Verdict(item.interaction_id, self.name, self.version, score,
                        (CriterionScore(self.criterion, score, 1.0, rationale),))
 

@@ -51,7 +51,7 @@ from time import time_ns
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from continuum_pipeline.server import auth
@@ -244,13 +244,19 @@ def routes(settings: Settings) -> list[Route]:
     limit = settings.serve_max_body_bytes
     saturated = "the landing writer is saturated; retry later"
 
-    async def scores(request: Request) -> JSONResponse:
+    async def authorized_json(request: Request) -> Any:
+        """The JSON body of an authorized request, or the error response to send instead."""
         if (denied := auth.check_basic(settings, request)) is not None:
             return denied
         try:
-            body = await _read_json(request, limit)
+            return await _read_json(request, limit)
         except BadRequest as exc:
             return _error(exc.status, exc.message)
+
+    async def scores(request: Request) -> JSONResponse:
+        body = await authorized_json(request)
+        if isinstance(body, Response):
+            return body
         single = isinstance(body, dict)
         items = [body] if single else body
         if not isinstance(items, list):
@@ -273,12 +279,9 @@ def routes(settings: Settings) -> list[Route]:
         return JSONResponse({"message": "Accepted"}, status_code=202)
 
     async def ingestion(request: Request) -> JSONResponse:
-        if (denied := auth.check_basic(settings, request)) is not None:
-            return denied
-        try:
-            body = await _read_json(request, limit)
-        except BadRequest as exc:
-            return _error(exc.status, exc.message)
+        body = await authorized_json(request)
+        if isinstance(body, Response):
+            return body
         batch = body.get("batch") if isinstance(body, dict) else None
         if not isinstance(batch, list):
             return _error(400, "body must be {\"batch\": [events]}")

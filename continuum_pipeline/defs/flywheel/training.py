@@ -8,7 +8,6 @@ from pathlib import Path
 import dagster as dg
 
 from continuum_pipeline.defs.flywheel.keys import group, key
-from continuum_pipeline.defs.metadata import latest_metadata
 from continuum_pipeline.defs.resources import FlywheelResource, LakeResource, MLflowResource
 from continuum_pipeline.task.config import TaskConfig
 
@@ -156,6 +155,3 @@ def candidate_model(task: TaskConfig) -> dg.AssetsDefinition:
 
     return _candidate_model
 
-
-def registered_lineage(instance: dg.DagsterInstance, task: TaskConfig) -> dict:
-    return latest_metadata(instance, key(task, "candidate_model"))
