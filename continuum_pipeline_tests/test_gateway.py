@@ -7,9 +7,6 @@ same `continuum serve --model-dir` at /local/v1. Everything ends as rows in the 
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -22,44 +19,11 @@ from continuum_pipeline.capture import feedback
 from continuum_pipeline.capture.writer import WRITER
 from continuum_pipeline.server import arms as arms_file
 from continuum_pipeline_tests.openai_server import OpenAIServer, Reply
+from continuum_pipeline_tests.served import Served, free_port
 
 KEY = "sk-continuum-test-gateway"
 UPSTREAM_KEY = "sk-upstream-secret-never-captured"
 TASK = "support_answer"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Served:
-    """`continuum serve` (uvicorn, the real app) on 127.0.0.1 in a background thread."""
-
-    def __init__(self, settings, model_dir: Path | None = None):
-        import uvicorn
-
-        from continuum_pipeline.server.app import create_app
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(create_app(settings, str(model_dir) if model_dir else None), host="127.0.0.1",
-                                port=self.port, log_level="warning")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> Served:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "continuum serve did not start"
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 @pytest.fixture(scope="module")

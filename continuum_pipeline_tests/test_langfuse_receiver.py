@@ -6,15 +6,13 @@ import base64
 import dataclasses
 import gzip
 import json
-import socket
-import threading
-import time
 
 import httpx
 import pytest
 
 from continuum_pipeline.lake.ingest import ingest_landing
 from continuum_pipeline.settings import Settings
+from continuum_pipeline_tests.served import Served
 
 PUBLIC, SECRET = "pk-lf-test", "sk-lf-test-secret"
 TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -24,26 +22,10 @@ SPAN = "b7ad6b7169203331"
 @pytest.fixture
 def served(settings: Settings, sdk):
     """`continuum serve` (create_app under uvicorn) on a free 127.0.0.1 port, with a Langfuse key pair."""
-    import uvicorn
-
-    from continuum_pipeline.server.app import create_app
-
     conf = dataclasses.replace(settings, langfuse_public_key=PUBLIC, langfuse_secret_key=SECRET,
                                serve_max_body_bytes=64 << 10, serve_allow_no_auth=False)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app = create_app(conf)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "continuum serve did not start"
-        time.sleep(0.02)
-    yield conf, f"http://127.0.0.1:{port}", app
-    server.should_exit = True
-    thread.join(timeout=5)
+    with Served(conf) as server:
+        yield conf, server.url, server.app
 
 
 def _auth(public: str = PUBLIC, secret: str = SECRET) -> dict[str, str]:

@@ -11,14 +11,10 @@ import contextlib
 import dataclasses
 import gzip
 import json
-import socket
-import threading
-import time
 
 import httpx
 import openai
 import pytest
-import uvicorn
 from google.protobuf import json_format
 from google.rpc.status_pb2 import Status
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -36,8 +32,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from continuum_pipeline.capture.writer import WriterConfig
 from continuum_pipeline.lake.ingest import ingest_landing
 from continuum_pipeline.server import spans
-from continuum_pipeline.server.app import create_app
 from continuum_pipeline_tests.openai_server import OpenAIServer
+from continuum_pipeline_tests.served import Served
 
 API_KEY = "test-key-1"
 # The langfuse SDK keeps one client per public key in a process: a key of its own, or a client from another
@@ -51,20 +47,8 @@ def serve(settings, sdk):
     """A real `continuum serve` (uvicorn) on a free 127.0.0.1 port; yields (base_url, settings)."""
     settings = dataclasses.replace(settings, serve_api_keys=(API_KEY,), langfuse_public_key=LF_PUBLIC,
                                    langfuse_secret_key=LF_SECRET, serve_max_body_bytes=LIMIT)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "continuum serve did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", settings
-    server.should_exit = True
-    thread.join(timeout=5)
+    with Served(settings) as server:
+        yield server.url, settings
 
 
 def rows(lake, table: str) -> list[dict]:
