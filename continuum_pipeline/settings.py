@@ -56,7 +56,7 @@ class Settings:
       CONTINUUM_WAREHOUSE      Iceberg warehouse: file:///… or s3://…
       CONTINUUM_NAMESPACE      Iceberg namespace (default continuum)
       CONTINUUM_MLFLOW_URI     MLflow tracking URI (default sqlite:///$CONTINUUM_HOME/mlflow/mlflow.db)
-      CONTINUUM_JUDGE_BASE_URL, CONTINUUM_JUDGE_MODEL, CONTINUUM_JUDGE_API_KEY   OpenAI-compatible judge
+      (CONTINUUM_JUDGE_BASE_URL / _MODEL / _API_KEY, the judges' default endpoint, are read by judge.specs)
       CONTINUUM_CAPTURE_QUEUE_SIZE, CONTINUUM_CAPTURE_SEGMENT_RECORDS, CONTINUUM_CAPTURE_FLUSH_SECONDS,
       CONTINUUM_CAPTURE_MAX_BYTES  SDK buffer bound in estimated bytes (default 64 MiB), besides the record count
       CONTINUUM_INGEST_MAX_SEGMENTS, CONTINUUM_MAX_RECORD_BYTES
@@ -72,9 +72,6 @@ class Settings:
     warehouse: str
     namespace: str
     mlflow_uri: str
-    judge_base_url: str | None
-    judge_model: str | None
-    judge_api_key: str | None = field(repr=False)
     capture_queue_size: int
     capture_segment_records: int
     capture_flush_seconds: float
@@ -124,9 +121,6 @@ class Settings:
             warehouse=_env("CONTINUUM_WAREHOUSE", (lake / "warehouse").as_uri()),
             namespace=_env("CONTINUUM_NAMESPACE", "continuum"),
             mlflow_uri=_env("CONTINUUM_MLFLOW_URI", _env("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")),
-            judge_base_url=_env("CONTINUUM_JUDGE_BASE_URL"),
-            judge_model=_env("CONTINUUM_JUDGE_MODEL"),
-            judge_api_key=_env("CONTINUUM_JUDGE_API_KEY", _env("OPENAI_API_KEY")),
             capture_queue_size=_int_env("CONTINUUM_CAPTURE_QUEUE_SIZE", 100_000),
             capture_segment_records=_int_env("CONTINUUM_CAPTURE_SEGMENT_RECORDS", 5_000),
             capture_flush_seconds=_float_env("CONTINUUM_CAPTURE_FLUSH_SECONDS", 1.0),
