@@ -88,7 +88,8 @@ def eval_gate(task: TaskConfig) -> dg.AssetChecksDefinition:
         champion_dir, champion_name = start_model(task, mlflow, flywheel)
         context.log.info(f"eval gate: candidate vs {champion_name} on {len(examples)} golden examples")
         answers = {"champion": golden.answer(champion_dir, examples), "candidate": golden.answer(candidate_dir, examples)}
-        judges = {j.name: j for j in build_judges(task, flywheel)}
+        gate_judges = {policy.judge for policy in task.gate.metrics.values()}
+        judges = {j.name: j for j in build_judges(task, flywheel, gate_judges)}
         scores = {metric: (golden.score(judges[policy.judge], examples, answers["champion"]),
                            golden.score(judges[policy.judge], examples, answers["candidate"]))
                   for metric, policy in task.gate.metrics.items()}

@@ -8,13 +8,14 @@ from continuum_pipeline.defs.resources import FlywheelResource, LakeResource
 from continuum_pipeline.task.config import TaskConfig
 
 
-def build_judges(task: TaskConfig, flywheel: FlywheelResource) -> list:
-    """The task's judges, sharing one verdict cache (a re-run or a repeated golden answer costs nothing)."""
+def build_judges(task: TaskConfig, flywheel: FlywheelResource, names: set[str] | None = None) -> list:
+    """The task's judges (only `names`, when given: building a ragas judge imports ragas), sharing one verdict
+    cache (a re-run or a repeated golden answer costs nothing)."""
     from continuum_pipeline.judge.cache import JudgeCache
     from continuum_pipeline.judge.specs import JudgeEnvironment
 
     env = JudgeEnvironment(cache=JudgeCache(flywheel.judge_cache))
-    return [spec.build(env) for spec in task.judges]
+    return [spec.build(env) for spec in task.judges if names is None or spec.name in names]
 
 
 def reward_labels(task: TaskConfig) -> dg.AssetsDefinition:
