@@ -191,3 +191,34 @@ def test_lineage_of_a_missing_version_is_one_readable_line(settings):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("continuum lineage: no model version continuum-support@42")
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("lines", "message"), [
+    (['{"prompt": "q", "reference": "a"}', "not json"], r"golden\.jsonl:2: not valid JSON"),
+    (['{"reference": "a"}'], r"golden\.jsonl:1: needs `messages`"),
+    (['{"prompt": "q", "reference": 3}'], r"golden\.jsonl:1: reference: expected a string or a list of strings"),
+    (['{"prompt": "q", "metadata": "[1]"}'], r"golden\.jsonl:1: metadata: expected an object"),
+    (['{"id": "x", "prompt": "q"}', '{"id": "x", "prompt": "r"}'], r"golden\.jsonl:2: id 'x' repeats"),
+    ([], r"has no examples"),
+])
+def test_a_bad_golden_file_names_the_line_and_the_field(tmp_path: Path, lines, message):
+    from continuum_pipeline.evaluation.golden import GoldenSetError, read_golden_file
+
+    path = tmp_path / "golden.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(GoldenSetError, match=message):
+        read_golden_file(path, ["metadata.cuisine"])
+    with pytest.raises(GoldenSetError, match="does not exist"):
+        read_golden_file(tmp_path / "missing.jsonl", [])
+
+
+def test_golden_rows_are_sliced_by_the_named_fields(tmp_path: Path):
+    from continuum_pipeline.evaluation.golden import items, read_golden_file
+
+    path = tmp_path / "golden.jsonl"
+    path.write_text('{"prompt": "q", "system": "s", "reference": ["a", "b"], "route": "r1", '
+                    '"metadata": {"cuisine": "thai"}}\n')
+    (item,) = items(read_golden_file(path, ["metadata.cuisine", "route", "metadata.missing"]), prefix="golden/")
+    assert item.slices == ("golden/cuisine=thai", "golden/route=r1", "golden/all")
+    assert item.messages == [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}]
+    assert item.reference == ("a", "b") and item.metadata == {"cuisine": "thai"}
