@@ -192,6 +192,65 @@ class CurationSpec(_Strict):
                     "unless listed here; `denied` never is.")
 
 
+PII_KINDS = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS", "SECRET")
+
+
+class RedactionSpec(_Strict):
+    """What the task adds to (or takes from) the shared redaction settings, applied wherever the task is known:
+    at ingest, in the receiver and the gateway. The SDK itself follows the CONTINUUM_REDACT_* settings."""
+
+    disable: list[Literal["EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS",
+                          "SECRET"]] = Field(
+        default_factory=list, description="PII kinds (Presidio entity names) this task keeps verbatim.")
+    patterns: dict[str, str] = Field(
+        default_factory=dict, description="Extra entity NAME → regular expression; matches become `<NAME>`.")
+    deny_list: list[str] = Field(default_factory=list, description="Exact strings always redacted (`<DENIED>`).")
+
+    @field_validator("patterns")
+    @classmethod
+    def _regexes(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, pattern in value.items():
+            if not re.match(r"^[A-Z][A-Z0-9_]*$", name):
+                raise ValueError(f"entity name {name!r} must be UPPER_SNAKE_CASE (it becomes the placeholder <{name}>)")
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"the pattern of {name} is not a regular expression: {exc}") from None
+        return value
+
+
+class ExclusionRule(_Strict):
+    """Interactions that never reach a training or golden set (all the rule's conditions must hold)."""
+
+    name: str = Field(description="Shown in the dataset's metadata with the rows it removed.")
+    users: list[str] = Field(default_factory=list, description="user_id values to exclude.")
+    sessions: list[str] = Field(default_factory=list, description="session_id values to exclude.")
+    metadata: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="Metadata fields equal to these values (dotted paths allowed).")
+    where: str | None = Field(None, description="A DuckDB boolean expression over the interactions' columns.")
+
+    @model_validator(mode="after")
+    def _some_condition(self) -> ExclusionRule:
+        if not (self.users or self.sessions or self.metadata or self.where):
+            raise ValueError(f"exclusion rule {self.name!r} has no condition: give users, sessions, metadata or where")
+        return self
+
+
+class PrivacySpec(_Strict):
+    redaction: RedactionSpec = Field(default_factory=RedactionSpec)
+    exclude: list[ExclusionRule] = Field(default_factory=list, description="Rules that keep interactions out of "
+                                                                            "every training and golden set.")
+    sampling_rate: float = Field(1.0, gt=0, le=1, description="Share of eligible interactions that may train "
+                                                              "(deterministic by interaction id).")
+    keep_excluded_for_monitoring: bool = Field(
+        True, description="Excluded interactions still count in the task's quality monitoring; false removes "
+                          "them from the task's SQL models too.")
+    retention_days: int | None = Field(None, gt=0, description="Forget the task's interactions older than this, "
+                                                               "on the upkeep schedule; null: keep.")
+    retrain_on_forget: bool = Field(False, description="When a deletion touches the champion's training data, "
+                                                       "request a retraining without it.")
+
+
 class LoraSpec(_Strict):
     r: int = Field(16, gt=0)
     alpha: int | None = Field(None, gt=0, description="Default: 2 × r.")
@@ -237,6 +296,7 @@ class TaskConfig(_Strict):
     curation: CurationSpec = Field(default_factory=CurationSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     triggers: TriggerSpec = Field(default_factory=TriggerSpec)
+    privacy: PrivacySpec = Field(default_factory=PrivacySpec)
     source_dir: str | None = Field(None, description="Set by the loader: the YAML's folder (for relative paths).")
 
     @field_validator("name")
