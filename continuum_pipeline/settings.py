@@ -63,6 +63,12 @@ class Settings:
       CONTINUUM_POOL_WAIT_SECONDS  how long a CLI run waits for a pool slot before giving up (default 300)
       CONTINUUM_TASKS          task YAML files or folders of them (os.pathsep-separated) the code location loads
                                (default: the packaged support-desk example); everything per task is in its YAML
+      CONTINUUM_REDACT_KINDS   PII kinds redacted everywhere: all (default) | none | EMAIL_ADDRESS,SECRET,… |
+                               -IP_ADDRESS,-PHONE_NUMBER,… (removals); a task's privacy.redaction.disable adds to it
+      CONTINUUM_REDACT_PATTERNS  JSON object NAME → regex of extra entities, redacted as <NAME>
+      CONTINUUM_REDACT_DENY_FILE  UTF-8 file of exact strings, one per line, redacted as <DENIED>
+      CONTINUUM_REDACT_PHONE_REGION  region for phone numbers written without +country (default US)
+      (the CONTINUUM_REDACT_* variables are read by continuum_pipeline.privacy.redact, stdlib + validators only)
     """
 
     profile: str
