@@ -34,7 +34,8 @@ def test_task_models_read_the_tasks_tables_and_config_and_ref_the_shared_models(
     rewards = task.models["interaction_rewards"]
     assert set(rewards.refs) == {"stg_interactions", "stg_feedback_events"}
     assert set(rewards.sources) == {("task", "reward_labels"), ("config", "judge_weights"),
-                                    ("config", "implicit_signals"), ("config", "outcomes")}
+                                    ("config", "implicit_signals"), ("config", "outcomes"),
+                                    ("config", "excluded_interactions")}
     assert set(task.models["quality_daily"].refs) == {"stg_interactions", "interaction_feedback", "interaction_rewards"}
     assert set(task.models["sft_candidates"].refs) == {"stg_interactions", "interaction_rewards"}
     order = task.order()

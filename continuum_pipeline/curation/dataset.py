@@ -1,21 +1,24 @@
 """The curated SFT dataset: candidates that pass every filter, in TRL's conversational `messages` format.
 
 Filters run in a fixed order and each one's removals are counted, so a dataset version can say why it
-is the size it is. Consent policy: `denied` never trains, whatever its reward; `unknown` (what the SDK records
-when the app says nothing) does not train either unless the task's `curation.consent` lists it — a team has to
-say so, the default is safe. Interactions held out for evaluation (golden sets from production) never train.
+is the size it is. Privacy first (privacy.rules.PrivacyPolicy): `denied` never trains, whatever its reward;
+`unknown` (what the SDK records when the app says nothing) does not train either unless the task's
+`curation.consent` lists it — a team has to say so, the default is safe; then every exclusion rule (one count
+each) and the task's sampling rate. Interactions held out for evaluation (golden sets from production) never train.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from continuum_pipeline.lake.schemas import MESSAGES
+from continuum_pipeline.privacy.rules import PrivacyPolicy
 
 SFT_DATASET = pa.schema([
     pa.field("interaction_id", pa.string()),
@@ -35,6 +38,12 @@ class CurationPolicy:
     validation_fraction: float = 0.1
     consent: tuple[str, ...] = ("granted",)  # consent values that may train; "denied" is dropped even if listed
     held_out: frozenset[str] = frozenset()  # interaction ids in evaluation sets: never training data
+    excluded: Mapping[str, frozenset[str]] = field(default_factory=dict)  # exclusion rule → interaction ids
+    sampling_rate: float = 1.0
+
+    @property
+    def privacy(self) -> PrivacyPolicy:
+        return PrivacyPolicy(consent=self.consent, excluded=self.excluded, sampling_rate=self.sampling_rate)
 
 
 @dataclass
@@ -55,11 +64,7 @@ def curate_sft(candidates: pa.Table, policy: CurationPolicy = CurationPolicy()) 
         result.table = result.table.filter(pc.fill_null(mask, False))
         result.removed[name] = before - result.table.num_rows
 
-    t = result.table
-    keep("consent denied", pc.not_equal(t["consent"], "denied"))
-    allowed = pa.array(sorted(set(policy.consent) - {"denied"}), pa.string())
-    keep("consent unknown" if "unknown" not in policy.consent else "consent not allowed",
-         pc.is_in(result.table["consent"], allowed))
+    result.table = policy.privacy.apply(result.table, result.removed)
     keep("call failed", pc.equal(result.table["status"], "ok"))
     if policy.held_out:
         keep("held out for evaluation", pc.invert(pc.is_in(result.table["interaction_id"],

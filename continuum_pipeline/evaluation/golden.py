@@ -1,8 +1,9 @@
 """Golden sets: evaluation examples with reference answers, sliced by fields the task names.
 
 A golden set comes from a file the team writes (JSONL or Parquet) or from production: a held-out sample of
-high-reward interactions, frozen (items are never dropped or changed, only topped up to the configured size)
-and excluded from every training set by interaction id. Each version is an Iceberg snapshot; `version()` is
+high-reward interactions that the task's privacy policy allows (consent, exclusion rules, sampling), frozen
+(items are never changed, only topped up to the configured size, and dropped only when the privacy policy
+now keeps them out) and excluded from every training set by interaction id. Each version is an Iceberg snapshot; `version()` is
 a content hash so an unchanged set keeps its version.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 
 from continuum_pipeline.lake.schemas import MESSAGES
+from continuum_pipeline.privacy.rules import PrivacyPolicy
 
 GOLDEN_SET = pa.schema([
     pa.field("golden_id", pa.string()),
@@ -146,10 +148,25 @@ def read_golden_file(path: Path, slices: Sequence[str]) -> pa.Table:
 
 
 def production_holdout(candidates: pa.Table, size: int, min_reward: float, seed: int, slices: Sequence[str],
-                       existing: pa.Table | None = None) -> pa.Table:
+                       existing: pa.Table | None = None, privacy: PrivacyPolicy | None = None,
+                       removed: dict[str, int] | None = None) -> pa.Table:
     """High-reward interactions held out for evaluation: the existing items stay as they are (a frozen set),
-    and the set is topped up to `size` with a reproducible pseudo-random draw (sha256 of seed and id)."""
+    and the set is topped up to `size` with a reproducible pseudo-random draw (sha256 of seed and id).
+
+    `privacy` (consent, exclusion rules, sampling) is applied to the candidates first, each filter's removals
+    counted into `removed`; an item of an earlier version that the policy now keeps out leaves the set (counted
+    as `dropped from the frozen set`): freezing never keeps excluded data."""
+    removed = removed if removed is not None else {}
+    if privacy is not None:
+        allowed = privacy.apply(candidates, removed)
+        out = set(candidates["interaction_id"].to_pylist()) - set(allowed["interaction_id"].to_pylist())
+        candidates = allowed
+    else:
+        out = {r["interaction_id"] for r in candidates.to_pylist() if r["consent"] == "denied"}
     kept = existing.to_pylist() if existing is not None else []
+    before = len(kept)
+    kept = [r for r in kept if r["interaction_id"] not in out]
+    removed["dropped from the frozen set"] = before - len(kept)
     have = {r["interaction_id"] for r in kept}
     eligible = []
     for r in candidates.to_pylist():

@@ -49,6 +49,18 @@ def field_sql(path: str, alias: str = "") -> str:
     return f"{prefix}{path}"
 
 
+def metadata_equals_sql(key: str, value: str | int | float | bool, alias: str = "") -> str:
+    """`metadata.<key>` (dotted paths allowed) equals a YAML scalar, as a DuckDB condition."""
+    field = field_sql("metadata." + key, alias)  # text (JSON's true/false as 'true'/'false')
+    if isinstance(value, bool):
+        return f"{field} = {sql_literal(str(value).lower())}"
+    if isinstance(value, int | float):
+        # As numbers (2 matches 2, 2.0 and "2"); a value that is no number is no match, not a cast error
+        # that would fail the whole query on one interaction's metadata.
+        return f"try_cast({field} as double) = {sql_literal(float(value))}"
+    return f"{field} = {sql_literal(value)}"
+
+
 class Selection(_Strict):
     """Which captured interactions belong to the task (all conditions must hold)."""
 
@@ -62,16 +74,7 @@ class Selection(_Strict):
         conditions = [f"{field_sql('task', alias)} = {sql_literal(self.task or task_name)}"]
         if self.models:
             conditions.append(f"{field_sql('model', alias)} in ({', '.join(map(sql_literal, self.models))})")
-        for key, value in self.metadata.items():
-            field = field_sql("metadata." + key, alias)  # text (JSON's true/false as 'true'/'false')
-            if isinstance(value, bool):
-                conditions.append(f"{field} = {sql_literal(str(value).lower())}")
-            elif isinstance(value, int | float):
-                # As numbers (2 matches 2, 2.0 and "2"); a value that is no number is no match, not a cast error
-                # that would fail the whole query on one interaction's metadata.
-                conditions.append(f"try_cast({field} as double) = {sql_literal(float(value))}")
-            else:
-                conditions.append(f"{field} = {sql_literal(value)}")
+        conditions += [metadata_equals_sql(key, value, alias) for key, value in self.metadata.items()]
         return " and ".join(conditions)
 
 
@@ -222,12 +225,14 @@ class RedactionSpec(_Strict):
 class ExclusionRule(_Strict):
     """Interactions that never reach a training or golden set (all the rule's conditions must hold)."""
 
-    name: str = Field(description="Shown in the dataset's metadata with the rows it removed.")
+    name: str = Field(min_length=1, description="Shown in the dataset's metadata with the rows it removed.")
     users: list[str] = Field(default_factory=list, description="user_id values to exclude.")
     sessions: list[str] = Field(default_factory=list, description="session_id values to exclude.")
     metadata: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="Metadata fields equal to these values (dotted paths allowed).")
-    where: str | None = Field(None, description="A DuckDB boolean expression over the interactions' columns.")
+    where: str | None = Field(None, description="A DuckDB boolean expression over the columns of the lake's "
+                                                "`interactions` table (e.g. `model = 'legacy' and latency_ms > 1e4`); "
+                                                "`continuum check` runs it against the table's schema.")
 
     @model_validator(mode="after")
     def _some_condition(self) -> ExclusionRule:
@@ -240,8 +245,9 @@ class PrivacySpec(_Strict):
     redaction: RedactionSpec = Field(default_factory=RedactionSpec)
     exclude: list[ExclusionRule] = Field(default_factory=list, description="Rules that keep interactions out of "
                                                                             "every training and golden set.")
-    sampling_rate: float = Field(1.0, gt=0, le=1, description="Share of eligible interactions that may train "
-                                                              "(deterministic by interaction id).")
+    sampling_rate: float = Field(1.0, gt=0, le=1, description="Share of interactions that may become training or "
+                                                              "production golden data (deterministic by a hash of "
+                                                              "the interaction id: a kept one stays kept).")
     keep_excluded_for_monitoring: bool = Field(
         True, description="Excluded interactions still count in the task's quality monitoring; false removes "
                           "them from the task's SQL models too.")
@@ -249,6 +255,15 @@ class PrivacySpec(_Strict):
                                                                "on the upkeep schedule; null: keep.")
     retrain_on_forget: bool = Field(False, description="When a deletion touches the champion's training data, "
                                                        "request a retraining without it.")
+
+    @field_validator("exclude")
+    @classmethod
+    def _unique_rules(cls, value: list[ExclusionRule]) -> list[ExclusionRule]:
+        names = [r.name for r in value]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"rule names must be unique (each counts its own removals), {repeated} repeat")
+        return value
 
 
 class LoraSpec(_Strict):

@@ -74,6 +74,7 @@ def check_tasks(files: Sequence[Path], lake=None, timeout: float = 3.0) -> list[
         _check_judges(result, task, timeout)
         _check_golden_sets(result, task)
         _check_base_model(result, task)
+        _check_privacy_rules(result, task)
         if lake is not None:
             _check_traffic(result, task, lake)
     return results
@@ -145,6 +146,19 @@ def _check_base_model(result: TaskCheck, task: TaskConfig) -> None:
     else:
         result.add("warning", "base_model", f"{spec.id!r} is not a local folder: it will be fetched from the hub "
                                             "on first use (HF_HOME / HF_ENDPOINT must reach it)")
+
+
+def _check_privacy_rules(result: TaskCheck, task: TaskConfig) -> None:
+    from continuum_pipeline.privacy.rules import PrivacyRuleError, check_rules, rules_for
+
+    try:
+        rules = rules_for(task)
+        check_rules(rules)
+    except PrivacyRuleError as exc:
+        result.add("error", "privacy.exclude", str(exc))
+        return
+    if rules:
+        result.add("ok", "privacy.exclude", f"{len(rules)} exclusion rules run: {', '.join(r.name for r in rules)}")
 
 
 def _check_traffic(result: TaskCheck, task: TaskConfig, lake) -> None:

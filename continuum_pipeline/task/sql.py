@@ -21,7 +21,11 @@ def _value(task: TaskConfig, path: str) -> Any:
     return value
 
 
-def task_binding(task: TaskConfig) -> TaskBinding:
+def task_binding(task: TaskConfig, lake=None) -> TaskBinding:
+    """`lake` evaluates the exclusion rules when the task keeps excluded interactions out of its SQL models
+    (`privacy.keep_excluded_for_monitoring: false`); otherwise `excluded_interactions` is empty."""
+    from continuum_pipeline.privacy.rules import monitoring_exclusions
+
     weights = task.judge_weights()
     return TaskBinding(
         table=task.table,
@@ -33,6 +37,7 @@ def task_binding(task: TaskConfig) -> TaskBinding:
                                          schema=pa.schema([("signal", pa.string()), ("reward", pa.float64())])),
             "outcomes": pa.table({"outcome": list(task.reward.outcomes), "reward": list(task.reward.outcomes.values())},
                                  schema=pa.schema([("outcome", pa.string()), ("reward", pa.float64())])),
+            "excluded_interactions": monitoring_exclusions(lake, task),
         },
         variables={"task_filter": task.selection_sql, "var": lambda path: sql_literal(_value(task, path))},
     )

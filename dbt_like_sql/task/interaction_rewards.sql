@@ -3,8 +3,12 @@
 -- response_reward scores what the model said, judged when it happened (each judge's first label): quality
 -- monitoring sees a policy change as a drop. target_reward scores the training target by the judges' latest
 -- versions (after a knowledge-base change, stale answers fall out of the dataset); an edit becomes the target.
+-- Interactions a privacy rule excludes are left out here (so from every task model) only when the task says
+-- `privacy.keep_excluded_for_monitoring: false`; otherwise excluded_interactions is empty.
 with interactions as (
-    select * from {{ ref('stg_interactions') }} as i where {{ task_filter('i') }}
+    select * from {{ ref('stg_interactions') }} as i
+    where {{ task_filter('i') }}
+        and i.interaction_id not in (select interaction_id from {{ source('config', 'excluded_interactions') }})
 ),
 judge_scores as (
     select interaction_id, judge, judge_version, sum(score * weight) / sum(weight) as score, max(judged_at) as judged_at

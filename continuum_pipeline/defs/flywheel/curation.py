@@ -20,9 +20,24 @@ def held_out_ids(the_lake, task: TaskConfig) -> frozenset[str]:
 
 def curation_policy(the_lake, task: TaskConfig):
     from continuum_pipeline.curation.dataset import CurationPolicy
+    from continuum_pipeline.privacy.rules import privacy_policy
 
+    privacy = privacy_policy(the_lake, task)  # a bad rule fails here, naming the rule and the fix
     return CurationPolicy(min_reward=task.curation.min_reward, validation_fraction=task.curation.validation_fraction,
-                          consent=tuple(task.curation.consent), held_out=held_out_ids(the_lake, task))
+                          consent=privacy.consent, held_out=held_out_ids(the_lake, task), excluded=privacy.excluded,
+                          sampling_rate=privacy.sampling_rate)
+
+
+def privacy_metadata(task: TaskConfig, removed: dict[str, int]) -> dict:
+    """What consent, each exclusion rule and sampling removed, as numbers and one table (in filter order)."""
+    from continuum_pipeline.privacy.rules import privacy_removals
+
+    rows = privacy_removals(removed)
+    return {
+        "sampling_rate": task.privacy.sampling_rate,
+        "excluded_by_privacy": sum(n for _, n in rows),
+        "privacy": dg.MetadataValue.md(markdown_table(["privacy filter", "rows removed"], rows)),
+    }
 
 
 def sft_dataset(task: TaskConfig) -> dg.AssetsDefinition:
@@ -31,7 +46,8 @@ def sft_dataset(task: TaskConfig) -> dg.AssetsDefinition:
     @dg.asset(key=key(task, "sft_dataset"), group_name=group(task, "curation"),
               deps=[key(task, "sft_candidates"), *holdouts], kinds={"iceberg", "python"},
               description="Interactions whose reward passes the threshold, consent-checked (unknown consent only "
-                          "if the task allows it), not held out for evaluation, deduplicated, split "
+                          "if the task allows it), not excluded by a privacy rule, sampled at the task's "
+                          "rate, not held out for evaluation, deduplicated, split "
                           "train/validation, in TRL's conversational `messages` format.")
     def _sft_dataset(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
         from continuum_pipeline.curation.dataset import curate_sft
@@ -39,7 +55,8 @@ def sft_dataset(task: TaskConfig) -> dg.AssetsDefinition:
         the_lake = lake.lake()
         candidates_table = task.table("sft_candidates")
         candidates_snapshot = the_lake.current_snapshot_id(candidates_table)
-        dataset = curate_sft(the_lake.read_arrow(candidates_table), curation_policy(the_lake, task))
+        policy = curation_policy(the_lake, task)
+        dataset = curate_sft(the_lake.read_arrow(candidates_table), policy)
         snapshot_id = the_lake.replace_table(task.table("sft_dataset"), dataset.table, {
             "continuum.candidates-snapshot-id": str(candidates_snapshot),
             **{f"continuum.removed.{k}": str(v) for k, v in dataset.removed.items()},
@@ -57,6 +74,7 @@ def sft_dataset(task: TaskConfig) -> dg.AssetsDefinition:
             "validation_rows": dataset.count("validation"),
             "eligible_rows": dataset.table.num_rows,
             **{f"removed: {k}": v for k, v in dataset.removed.items()},
+            **privacy_metadata(task, dataset.removed),
             "summary": dg.MetadataValue.md(
                 markdown_table(["step", "rows", "note"], removed) + "\n\n"
                 + markdown_table(["target", "rows"], [(r["target_source"], r["interaction_id_count"]) for r in by_source])),

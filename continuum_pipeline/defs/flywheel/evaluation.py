@@ -14,7 +14,8 @@ VERSION_PROPERTY = "continuum.golden-version"
 def _golden_set(task: TaskConfig, spec: GoldenSetSpec) -> dg.AssetsDefinition:
     source = (f"the file {spec.file}" if spec.file else
               f"a frozen sample of {spec.from_production.size} production interactions with reward ≥ "
-              f"{spec.from_production.min_reward}, never trained on")
+              f"{spec.from_production.min_reward} that consent, the exclusion rules and sampling allow, never "
+              "trained on")
 
     @dg.asset(key=golden_key(task, spec.name), group_name=group(task, "evaluation"), kinds={"iceberg"},
               deps=[key(task, "sft_candidates")] if spec.from_production else [],
@@ -26,12 +27,16 @@ def _golden_set(task: TaskConfig, spec: GoldenSetSpec) -> dg.AssetsDefinition:
         the_lake = lake.lake()
         name = task.table(f"golden__{spec.name}")
         existing = the_lake.read_arrow(name) if the_lake.table_exists(name) else None
+        removed: dict[str, int] = {}
         if spec.file:
             table = golden.read_golden_file(task.path(spec.file), spec.slices)
         else:
+            from continuum_pipeline.privacy.rules import privacy_policy
+
             holdout = spec.from_production
             table = golden.production_holdout(the_lake.read_arrow(task.table("sft_candidates")), holdout.size,
-                                              holdout.min_reward, holdout.seed, spec.slices, existing)
+                                              holdout.min_reward, holdout.seed, spec.slices, existing,
+                                              privacy_policy(the_lake, task), removed)
         golden_version = golden.version(table)
         current = the_lake.table(name).current_snapshot() if existing is not None else None
         if current is not None and current.summary.additional_properties.get(VERSION_PROPERTY) == golden_version:
@@ -49,6 +54,9 @@ def _golden_set(task: TaskConfig, spec: GoldenSetSpec) -> dg.AssetsDefinition:
             "golden_set_version": golden_version,
             "snapshot_id": str(snapshot_id),
             "summary": dg.MetadataValue.md(markdown_table(["slice", "examples"], sorted(counts.items()))),
+            **({f"removed: {k}": v for k, v in removed.items()} | ({
+                "privacy": dg.MetadataValue.md(markdown_table(["privacy filter", "rows removed"],
+                                                              list(removed.items())))} if removed else {})),
         })
 
     return _asset

@@ -30,7 +30,8 @@ def _asset(task: TaskConfig, model: SqlModel, project: SqlProject) -> dg.AssetsD
     def _model(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
         from continuum_pipeline.task.sql import task_binding
 
-        return run_sql_model(context, lake.lake(), project, model.name, task_binding(task))
+        the_lake = lake.lake()
+        return run_sql_model(context, the_lake, project, model.name, task_binding(task, the_lake))
 
     return _model
 
