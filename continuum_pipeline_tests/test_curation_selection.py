@@ -1,0 +1,144 @@
+"""Curation that trains on the right things: near-duplicate clusters and the kept member, each selection
+strategy's choice on hand-checked examples, uncertainty from a real tiny model, embeddings cached in the lake."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from continuum_pipeline.curation.near_dup import MinHasher, near_duplicates
+from continuum_pipeline.curation.selection import active_learning, k_center, select, target_count
+
+
+def test_near_duplicates_cluster_rewordings_and_keep_the_best_reward_then_the_newest():
+    texts = [
+        "How do I reset my password?",  # 0
+        "how do I reset my password",  # 1: same words, other case and punctuation
+        "How do I reset my password please?",  # 2: one word more (J of word bigrams = 5/6)
+        "Where is my refund for order 48213?",  # 3
+        "Where is my refund for order 48213??",  # 4: identical after normalisation
+        "Cancel my subscription",  # 5: nothing like it
+        "Where is my refund for the order I placed in May?",  # 6: shares a start only (J = 4/12)
+    ]
+    rewards = [0.9, 1.0, 1.0, 0.95, 0.95, 0.9, 0.95]
+    ts = [1, 2, 3, 4, 5, 6, 7]
+    result = near_duplicates(texts, rewards, ts, threshold=0.7, shingle_size=2)
+    # 0, 1, 2 are one cluster: 1 and 2 share the best reward, 2 is newer → 2 is kept
+    assert result.cluster.tolist() == [2, 2, 2, 4, 4, 5, 6]
+    assert result.keep.tolist() == [False, False, True, False, True, True, True]
+    assert (result.clusters, result.removed) == (2, 3)
+    # at the seeds' 0.92 only the exact rewordings (J = 1) merge; 2 (J = 5/6) stays apart
+    strict = near_duplicates(texts, rewards, ts, threshold=0.92)
+    assert strict.cluster.tolist() == [1, 1, 2, 4, 4, 5, 6]
+
+
+def test_minhash_estimates_jaccard_within_a_few_points():
+    hasher = MinHasher(num_perm=256, shingle_size=1)
+    words = [f"w{i}" for i in range(40)]
+    a, b = " ".join(words[:30]), " ".join(words[10:40])  # |∩| = 20, |∪| = 40: J = 0.5
+    sigs = hasher.signatures([a, b])
+    assert abs((sigs[0] == sigs[1]).mean() - 0.5) < 0.08
+
+
+def test_k_center_picks_the_far_points():
+    rng = np.random.default_rng(0)
+    head = rng.normal([1, 0, 0], 0.02, (50, 3))  # the head: 50 near-copies of one question
+    tails = np.array([[0, 1, 0], [0, 0, 1], [-1, 0, 0]], dtype=float)  # three rare, far-apart questions
+    x = np.vstack([head, tails])
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    picks = k_center(x, 4)
+    assert set(picks[1:].tolist()) | {picks[0]} >= {50, 51, 52}  # every rare question is picked
+    assert sum(p < 50 for p in picks) == 1  # and the head once
+    # core-set: with the head and two tails already trained on, the one pick is the remaining tail
+    assert k_center(x, 1, anchors=x[[0, 50, 51]]).tolist() == [52]
+
+
+def test_uncertainty_orders_by_nll_and_active_learning_trades_reward_for_novelty():
+    reward = np.array([1.0, 0.9, 0.85, 0.95])
+    nll = np.array([0.1, 2.5, 1.0, 0.2])
+    assert select("uncertainty", 2, reward, uncertainty=nll).tolist() == [1, 2]
+    x = np.array([[1, 0], [1, 0], [0.99, 0.14], [0, 1]], dtype=float)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    # λ = 0: quality only (reward rank): 0 then 3
+    assert active_learning(x, reward, None, 2, 0.0).tolist() == [0, 3]
+    # λ = 1: novelty only, from what earlier versions trained on (row 0's region): the far row 3 first
+    assert active_learning(x, reward, None, 1, 1.0, anchors=x[[0]]).tolist() == [3]
+    # 0.5: the best row first, then the far one beats a higher-reward copy of the first
+    assert active_learning(x, np.array([1.0, 0.99, 0.5, 0.6]), None, 2, 0.5).tolist() == [0, 3]
+
+
+def test_target_size_as_count_or_fraction():
+    assert target_count(None, 40) == 40
+    assert target_count(0.3, 40) == 12
+    assert target_count(500, 40) == 40
+    assert target_count(7, 40) == 7
+
+
+def _dataset(rows: list[tuple[str, str, float]]):
+    from continuum_pipeline.curation.dataset import SFT_DATASET, CuratedDataset
+
+    t0 = datetime(2026, 11, 20, tzinfo=UTC)
+    table = pa.Table.from_pylist([{
+        "interaction_id": f"i{i}", "split": "train", "reward": reward, "target_source": "response",
+        "content_hash": f"h{i}", "model": "teacher", "ts": t0 + timedelta(minutes=i),
+        "messages": [{"role": "system", "content": "desk"}, {"role": "user", "content": q},
+                     {"role": "assistant", "content": a}]} for i, (q, a, reward) in enumerate(rows)],
+        schema=SFT_DATASET)
+    return CuratedDataset(table=table, removed=OrderedDict(), candidates=len(rows))
+
+
+def test_refine_removes_near_duplicates_records_clusters_and_selects_diverse_rows():
+    from continuum_pipeline.curation.selection import Providers, refine
+    from continuum_pipeline.task.config import CurationSpec
+
+    head = [(f"How do I reset my password {'please' if i % 2 else 'now'}?", "Use Forgot password.", 0.9 + i / 100)
+            for i in range(6)]
+    rows = head + [("Where is my refund for order 48213?", "In 5 days.", 0.9),
+                   ("Can I change my delivery address?", "Yes, until it ships.", 0.9)]
+    vectors = {"password": [1.0, 0.0, 0.0], "refund": [0.0, 1.0, 0.0], "delivery": [0.0, 0.0, 1.0]}
+
+    def embed(texts: list[str]) -> np.ndarray:
+        return np.array([next(v for k, v in vectors.items() if k in t) for t in texts])
+
+    dataset = _dataset(rows)
+    spec = CurationSpec(strategy="diversity", target_size=3, near_dup={"threshold": 0.9})
+    selection = refine(dataset, spec, Providers(embed=embed))
+    # the 6 head rows are two exact rewordings ("… please?" ×3, "… now?" ×3): the best-rewarded of each stays
+    kept = dataset.table["interaction_id"].to_pylist()
+    assert selection.clusters[0]["kept"] in ("i4", "i5") and selection.clusters[0]["size"] == 3
+    assert dataset.removed["near-duplicate (J ≥ 0.9)"] == 4
+    # diversity keeps 3 of the 4 left: both rare questions and one password row
+    assert dataset.removed["not selected (diversity, target 3)"] == 1
+    assert {"i6", "i7"} <= set(kept) and len(kept) == 3
+    assert set(dataset.table["near_dup_cluster"].to_pylist()) == set(kept)
+
+
+def test_curation_settings_in_a_task_yaml(tmp_path):
+    from continuum_pipeline.task.config import TaskConfigError, load_task_config
+
+    def write(curation: str):
+        path = tmp_path / "defs.yaml"
+        path.write_text(f"""type: continuum_pipeline.FlywheelComponent
+attributes:
+  name: recipes
+  judges: [{{name: kb, kind: python, function: continuum_pipeline_tests.judge_functions:plain_check}}]
+  golden_sets: [{{name: golden, file: golden.jsonl}}]
+  gate: {{metrics: {{accuracy: {{judge: kb}}}}}}
+  curation: {curation}
+""")
+        return path
+
+    task = load_task_config(write("{strategy: active_learning, target_size: 0.3, diversity_coefficient: 0.7, "
+                                  "near_dup: {threshold: 0.8, shingle_size: 3, include_response: true}}"))
+    assert (task.curation.strategy, task.curation.target_size, task.curation.diversity_coefficient) == \
+        ("active_learning", 0.3, 0.7)
+    assert (task.curation.near_dup.threshold, task.curation.near_dup.shingle_size,
+            task.curation.near_dup.include_response) == (0.8, 3, True)
+    with pytest.raises(TaskConfigError, match="target_size"):
+        load_task_config(write("{strategy: diversity}"))
+    with pytest.raises(TaskConfigError, match="strategy"):
+        load_task_config(write("{strategy: newest}"))
