@@ -40,11 +40,13 @@ status: install
 	$(BIN)/continuum status
 
 bench: install
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[bench]'
 	$(BIN)/python bench/capture_overhead.py
 	$(BIN)/python bench/ingest_throughput.py
 	$(BIN)/python bench/judge_throughput.py
 	$(BIN)/python bench/otlp_receiver.py
 	$(BIN)/python bench/gateway_overhead.py
+	$(BIN)/python bench/redaction.py
 
 lint: install
 	$(BIN)/ruff check continuum_pipeline continuum_pipeline_tests bench

@@ -17,6 +17,7 @@ Decisions the corpus pins down:
 from __future__ import annotations
 
 import json
+import random
 
 PEM_KEY = (
     "-----BEGIN RSA PRIVATE KEY-----\n"
@@ -176,3 +177,22 @@ NEGATIVES: list[str] = [
     "Use the sk- prefix in settings, and the task-force meets on Monday.",
     "The token field is empty; AKIA alone is not a key.",
 ]
+
+
+def support_desk_texts(n: int = 1500) -> list[str]:
+    """Everything the support desk says or is told: its tokenizer corpus (every template with its slot values),
+    sampled traffic of both phases and splits, teacher answers (right and wrong), agents' corrections and the
+    golden set."""
+    from continuum_pipeline.scenario import SupportDesk, load_scenario
+
+    desk = SupportDesk(load_scenario(), seed=11)
+    rng = random.Random(5)
+    texts = [*desk.corpus_texts(), desk.scenario.system_prompt]
+    for i in range(n):
+        request = desk.sample_request(("before", "after")[i % 2], ("train", "golden")[i % 3 == 0], rng)
+        answer = desk.teacher_answer(request, rng)
+        texts += [request.question, answer, json.dumps(request.metadata)]
+        texts += [e["correction"] for e in desk.user_feedback(request, answer, rng) if "correction" in e]
+    for item in desk.golden_set():
+        texts += [item.expected, *(m["content"] for m in item.messages)]
+    return texts

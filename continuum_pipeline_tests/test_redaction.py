@@ -5,7 +5,6 @@ and from a task's `privacy.redaction` section."""
 from __future__ import annotations
 
 import json
-import random
 import re
 
 import phonenumbers
@@ -25,6 +24,7 @@ from continuum_pipeline_tests.pii_canaries import (
     canary_texts,
     mixed_text,
     needles,
+    support_desk_texts,
 )
 
 _ENV = ("CONTINUUM_REDACT_KINDS", "CONTINUUM_REDACT_PATTERNS", "CONTINUUM_REDACT_DENY_FILE",
@@ -35,25 +35,6 @@ _ENV = ("CONTINUUM_REDACT_KINDS", "CONTINUUM_REDACT_PATTERNS", "CONTINUUM_REDACT
 def _default_settings(monkeypatch):
     for name in _ENV:
         monkeypatch.delenv(name, raising=False)
-
-
-def support_desk_texts(n: int = 1500) -> list[str]:
-    """Everything the support desk says or is told: its tokenizer corpus (every template with its slot values),
-    sampled traffic of both phases and splits, teacher answers (right and wrong), agents' corrections and the
-    golden set."""
-    from continuum_pipeline.scenario import SupportDesk, load_scenario
-
-    desk = SupportDesk(load_scenario(), seed=11)
-    rng = random.Random(5)
-    texts = [*desk.corpus_texts(), desk.scenario.system_prompt]
-    for i in range(n):
-        request = desk.sample_request(("before", "after")[i % 2], ("train", "golden")[i % 3 == 0], rng)
-        answer = desk.teacher_answer(request, rng)
-        texts += [request.question, answer, json.dumps(request.metadata)]
-        texts += [e["correction"] for e in desk.user_feedback(request, answer, rng) if "correction" in e]
-    for item in desk.golden_set():
-        texts += [item.expected, *(m["content"] for m in item.messages)]
-    return texts
 
 
 # --- the corpus itself is real ----------------------------------------------------------------------------------
@@ -104,6 +85,13 @@ def test_support_desk_texts_stay_intact():
     r = redactor()
     changed = [(t, r.redact(t)) for t in texts if r.redact(t)[1]]
     assert changed == []
+
+
+def test_a_card_followed_by_more_digits_is_still_found():
+    r = redactor()
+    text = "card 4546848745268594 12/27 cvv 123; or 4546 8487 4526 8594 123. Call 212-555-0144. 415.555.0173 x"
+    assert r.redact(text) == ("card <CARD> 12/27 cvv 123; or <CARD> 123. Call <PHONE>. <PHONE> x",
+                              {"CREDIT_CARD": 2, "PHONE_NUMBER": 2})
 
 
 def test_versions_stay_but_bare_dotted_quads_are_ips():

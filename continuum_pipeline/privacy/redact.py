@@ -10,6 +10,7 @@ CONTRACT (other modules code against this; keep it):
 - `Redactor.flags(texts: pyarrow string array) -> numpy bool mask`: a vectorised, conservative pre-filter
   (no false negatives): rows whose text could hold anything the redactor would replace. Ingest runs the
   exact redactor only on flagged rows.
+- `Redactor.find(text) -> [(start, end, KIND)]`: the spans one pass of redact() replaces (addition).
 - `redactor(task_spec=None)`: the redactor of the current settings (CONTINUUM_REDACT_* environment), merged
   with a task's `privacy.redaction` section (a `RedactionSpec`, or its dict); cached per configuration.
 - Entity names are Presidio's (EMAIL_ADDRESS, PHONE_NUMBER, CREDIT_CARD, IBAN_CODE, US_SSN, IP_ADDRESS) plus
@@ -101,6 +102,10 @@ _IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?
 _VERSION_BEFORE = re.compile(r"(?:\b[vV]|\b(?:version|release|build|ver)\.?\s*)$", re.IGNORECASE)
 # Where a phone number could be: a digit run with phone separators and an optional +country / (area) start.
 _PHONE_RUN = re.compile(r"\+?\(?[0-9][0-9 ().\-]{5,}[0-9]")
+# Gates: one cheap scan decides whether a family of detectors needs to run at all (parts of TRIGGER).
+_DIGIT_RUN = re.compile(_TRIGGER_PARTS[1])
+_HEX_COLONS = re.compile(_TRIGGER_PARTS[3])
+_SECRET_PREFIX = re.compile(_TRIGGER_PARTS[4])
 _SECRETS = re.compile(
     r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----(?:.*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
     r"|(?:(?:\s|\\[nr])*[A-Za-z0-9+/=:\-]+)*)"                       # a block cut short: header and its base64
@@ -125,6 +130,36 @@ def _valid_card(digits: str, raw: str) -> bool:
     separators = set(re.sub(r"[0-9]", "", raw))
     return (13 <= len(digits) <= 19 and len(separators) <= 1 and _CARD_IIN.match(digits) is not None
             and luhn.is_valid(digits))
+
+
+def _card_end(raw: str) -> int | None:
+    """Length of the longest valid card number that `raw` starts with, cut at a separator (a card followed by
+    ` 123` or ` 12/27` makes a longer digit run), or None."""
+    ends = [len(raw)] + [i for i in range(len(raw) - 1, 12, -1) if raw[i] in " .-" and raw[i - 1].isdigit()]
+    for end in ends:
+        head = raw[:end]
+        if _valid_card(re.sub(r"[^0-9]", "", head), head):
+            return end
+    return None
+
+
+_SENTENCE_BREAK = re.compile(r"\.\s|\s{2,}")
+
+
+def _pieces(text: str, start: int, end: int, found: list[tuple[int, int, str]]) -> list[tuple[int, int]]:
+    """[start, end) minus the spans in `found`, split at sentence breaks."""
+    pieces = [(start, end)]
+    for s, e, _ in found:
+        if s < end and e > start:
+            pieces = [p for a, b in pieces for p in ((a, min(b, s)), (max(a, e), b)) if p[1] > p[0]]
+    out = []
+    for a, b in pieces:
+        for part in _SENTENCE_BREAK.split(text[a:b]) if _SENTENCE_BREAK.search(text, a, b) else [text[a:b]]:
+            at = text.index(part, a) if part else a
+            if part:
+                out.append((at, at + len(part)))
+            a = at + len(part)
+    return out
 
 
 def _valid_ssn(area: str, group: str, serial: str) -> bool:
@@ -197,7 +232,8 @@ class Redactor:
             for m in rx.finditer(text):
                 if m.end() > m.start():
                     add((m.start(), m.end(), name))
-        if "SECRET" in kinds:
+        digits = _DIGIT_RUN.search(text) is not None  # cards, SSNs, IPv4, phones all hold 7+ digits/separators
+        if "SECRET" in kinds and _SECRET_PREFIX.search(text):
             for m in _SECRETS.finditer(text):
                 if not m.group().startswith("eyJ") or _valid_jwt(m.group()):
                     add((m.start(), m.end(), "SECRET"))
@@ -211,17 +247,17 @@ class Redactor:
                 span = _iban_span(text, m.start(), m.end())
                 if span:
                     add((*span, "IBAN_CODE"))
-        if "CREDIT_CARD" in kinds:
+        if "CREDIT_CARD" in kinds and digits:
             for m in _CARD.finditer(text):
-                raw = m.group()
-                if _valid_card(re.sub(r"[^0-9]", "", raw), raw):
-                    add((m.start(), m.end(), "CREDIT_CARD"))
-        if "US_SSN" in kinds:
+                end = _card_end(m.group())
+                if end:
+                    add((m.start(), m.start() + end, "CREDIT_CARD"))
+        if "US_SSN" in kinds and digits:
             for m in _SSN.finditer(text):
                 if _valid_ssn(m.group(1), m.group(3), m.group(4)):
                     add((m.start(), m.end(), "US_SSN"))
         if "IP_ADDRESS" in kinds:
-            for m in _IPV4.finditer(text):
+            for m in _IPV4.finditer(text) if digits else ():
                 if _VERSION_BEFORE.search(text, max(0, m.start() - 12), m.start()):
                     continue
                 try:
@@ -229,7 +265,7 @@ class Redactor:
                 except ValueError:
                     continue
                 add((m.start(), m.end(), "IP_ADDRESS"))
-            if ":" in text:
+            if ":" in text and _HEX_COLONS.search(text):
                 for m in _IPV6.finditer(text):
                     candidate = m.group()
                     if len(candidate) < 6 or candidate.count(":") < 2:
@@ -239,24 +275,26 @@ class Redactor:
                     except ValueError:
                         continue
                     add((m.start(), m.end(), "IP_ADDRESS"))
-        if "PHONE_NUMBER" in kinds:
-            found.extend(self._phones(text))
+        if "PHONE_NUMBER" in kinds and digits:
+            found.extend(self._phones(text, found))
         return found
 
-    def _phones(self, text: str) -> list[tuple[int, int, str]]:
+    def _phones(self, text: str, found: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
         import phonenumbers
 
         out = []
         for run in _PHONE_RUN.finditer(text):
-            chunk = run.group()
-            if sum(c.isdigit() for c in chunk) < 7:
-                continue
-            # The matcher needs the run only; a `+` right before it belongs to the number.
-            for match in phonenumbers.PhoneNumberMatcher(chunk, self.phone_region,
-                                                         leniency=phonenumbers.Leniency.VALID):
-                start, end = run.start() + match.start, run.start() + match.end
-                if not _glued(text, start, end):
-                    out.append((start, end, "PHONE_NUMBER"))
+            # Only the parts of the run outside what is already found (a card, an IBAN …), split where a
+            # sentence ends (`2. 415…`): the matcher then sees short chunks, each at most one number.
+            for a, b in _pieces(text, run.start(), run.end(), found):
+                chunk = text[a:b]
+                if sum(c.isdigit() for c in chunk) < 7:
+                    continue
+                for match in phonenumbers.PhoneNumberMatcher(chunk, self.phone_region,
+                                                             leniency=phonenumbers.Leniency.VALID):
+                    start, end = a + match.start, a + match.end
+                    if not _glued(text, start, end):
+                        out.append((start, end, "PHONE_NUMBER"))
         return out
 
     def _resolve(self, text: str, spans: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
@@ -273,6 +311,12 @@ class Redactor:
         return chosen
 
     # --- the contract ------------------------------------------------------------------------------------------
+    def find(self, text: str) -> list[tuple[int, int, str]]:
+        """(start, end, KIND) of what one pass of redact() replaces, in text order (for audits and benchmarks)."""
+        if not text or not self._could_hold(text):
+            return []
+        return self._resolve(text, self._spans(text))
+
     def redact(self, text: str) -> tuple[str, dict[str, int]]:
         """The text with every finding replaced by its placeholder, and the count per kind."""
         counts: dict[str, int] = {}
