@@ -308,6 +308,9 @@ def _valid_value(f, kind: str):
         plain = st.sampled_from(allowed)
     elif f.name == "score":
         plain = st.floats(0, 1)
+    elif f.name == "redactions":  # JSON text of PII kind → count
+        plain = st.dictionaries(st.sampled_from(["EMAIL_ADDRESS", "SECRET", "CONTRACT_ID"]), st.integers(0, 99),
+                                max_size=2).map(json.dumps)
     elif f.kind == "string":
         plain = TEXT | st.dictionaries(TEXT, st.integers() | TEXT, max_size=2) if f.name in ("metadata", "tool_calls") else TEXT
     elif f.kind == "int":

@@ -62,6 +62,7 @@ INTERACTION_FIELDS = (
     LandingField("metadata", "string", doc="JSON-encoded object"),
     LandingField("source", "string", True, "sdk | otlp | gateway | import"),
     LandingField("content_hash", "string", doc="sha256 of prompt/messages + response (filled at ingest when absent)"),
+    LandingField("redactions", "string", doc="JSON object: PII kind → how many were redacted (never the values)"),
 )
 
 FEEDBACK_FIELDS = (
@@ -78,10 +79,14 @@ FEEDBACK_FIELDS = (
     LandingField("user_id", "string"),
     LandingField("metadata", "string", doc="JSON-encoded object"),
     LandingField("source", "string", True),
+    LandingField("redactions", "string", doc="JSON object: PII kind → how many were redacted (never the values)"),
 )
 
 FIELDS_BY_KIND = {"interaction": ENVELOPE + INTERACTION_FIELDS, "feedback": ENVELOPE + FEEDBACK_FIELDS}
 STATUSES = ("ok", "error")
+# error_message is clipped to this many characters by the writer, after redaction: clipped first, a secret cut in two
+# would no longer be recognised and its first half would reach the disk. Builders keep up to 8× as much.
+ERROR_MESSAGE_CHARS = 2000
 CONSENTS = ("granted", "denied", "unknown")
 FEEDBACK_SIGNALS = ("score", "label", "comment", "signal", "correction", "outcome", "preferred_over")
 
@@ -260,7 +265,7 @@ def interaction_record(
         "cost_usd": _finite(ann.pop("cost_usd", None)),
         "status": "ok" if error is None else "error",
         "error_type": None if error is None else type(error).__qualname__,
-        "error_message": None if error is None else str(error)[:2000],
+        "error_message": None if error is None else str(error)[:8 * ERROR_MESSAGE_CHARS],
         "metadata": to_json_text({**metadata, **ann}) if (metadata or ann) else None,
         "source": "sdk",
         "content_hash": None,

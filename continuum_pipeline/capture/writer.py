@@ -2,7 +2,9 @@
 
 The app's thread only appends a tuple to a deque (no lock, no serialization, no I/O). A daemon
 thread turns those into JSON lines and writes each segment to `<landing>/.tmp/` first, then
-renames it into `<landing>/` — a segment is visible only when complete. The buffer is bounded in
+renames it into `<landing>/` — a segment is visible only when complete. Each record is redacted on that
+thread, between building and serializing it (privacy.redact), so no PII reaches the disk and the app's call
+pays nothing for it; a record that cannot be redacted is dropped, never written raw. The buffer is bounded in
 records and in estimated bytes, so a stalled writer or an unwritable disk cannot grow memory. A full
 buffer or a failing disk drops records, counts them and logs once per cause: capture must never
 break the app.
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from continuum_pipeline.capture.landing import SEGMENT_SUFFIX, TMP_DIR
-from continuum_pipeline.capture.record import dumps_line
+from continuum_pipeline.capture.record import ERROR_MESSAGE_CHARS, content_hash, dumps_line
 
 log = logging.getLogger("continuum.capture")
 
@@ -116,6 +118,9 @@ class LandingWriter:
         self._host = socket.gethostname().replace("-", "_")[:32] or "host"
         self._warned: set[str] = set()
         self.counts = collections.Counter()
+        # task name (None: unknown, e.g. feedback) → its redactor. None: the settings' redactor for every record
+        # (the SDK follows CONTINUUM_REDACT_*); `continuum serve` sets one that applies each task's YAML.
+        self.redactor_for: Callable[[str | None], Any] | None = None
         # Plain attributes read on the app's thread; the real values come from settings at first use.
         self._capacity = self._segment_records = self._max_bytes = 1 << 62
         self._disabled = False
@@ -213,12 +218,45 @@ class LandingWriter:
             thread.join(timeout=5)
         self.flush()
 
+    def _redactor(self, task: str | None) -> Any:
+        if self.redactor_for is not None:
+            return self.redactor_for(task)
+        from continuum_pipeline.privacy.redact import redactor
+
+        return redactor()
+
     def _write_segment(self, batch: list) -> int:
         lines = []
+        redactors: dict[str | None, Any] = {}  # per batch: the settings are read once, not per record
         for build, payload, _size in batch:
             try:
-                lines.append(dumps_line(build(*payload)))
+                record = build(*payload)
             except Exception as exc:  # a record we cannot serialize must not stop the others
+                self.counts["dropped_unserializable"] += 1
+                self._warn_once("unserializable", "capture could not serialize a record (%r); dropped", exc)
+                continue
+            try:
+                task = record.get("task") if isinstance(record.get("task"), str) else None
+                if task not in redactors:
+                    redactors[task] = self._redactor(task)
+                found = redactors[task].redact_record(record)
+                if not found and record.get("redactions") == "{}":
+                    record["redactions"] = None  # nothing found: no field (as at ingest), not an empty object
+                message = record.get("error_message")
+                if isinstance(message, str) and len(message) > ERROR_MESSAGE_CHARS:
+                    record["error_message"] = message[:ERROR_MESSAGE_CHARS]  # only now (see ERROR_MESSAGE_CHARS)
+                if found and record.get("kind") == "interaction" and "content_hash" in record:
+                    # The dedup key of what is stored: the same text hashes the same through every door.
+                    record["content_hash"] = content_hash(record.get("prompt"), record.get("messages"),
+                                                          record.get("response"))
+            except Exception as exc:  # never write a record unredacted: drop it, count it, say why once
+                self.counts["dropped_redaction_error"] += 1
+                self._warn_once("redaction", "capture could not redact a record (%s: %s); dropped",
+                                type(exc).__name__, exc)
+                continue
+            try:
+                lines.append(dumps_line(record))
+            except Exception as exc:
                 self.counts["dropped_unserializable"] += 1
                 self._warn_once("unserializable", "capture could not serialize a record (%r); dropped", exc)
         if not lines:
@@ -273,6 +311,7 @@ class LandingWriter:
             "dropped_write_error": self.counts["dropped_write_error"],
             "dropped_unserializable": self.counts["dropped_unserializable"],
             "dropped_config_error": self.counts["dropped_config_error"],
+            "dropped_redaction_error": self.counts["dropped_redaction_error"],
         }
 
 

@@ -89,7 +89,7 @@ class Lake:
 
         ident = self.identifier(layout.name)
         try:
-            return self.catalog.load_table(ident)
+            return self._evolve(self.catalog.load_table(ident), layout)
         except NoSuchTableError:
             pass
         self.catalog.create_namespace_if_not_exists(self.namespace)
@@ -104,7 +104,24 @@ class Lake:
                                            f"{column}_{transform}" if transform != "identity" else column)
         except TableAlreadyExistsError:
             pass  # another process created it first
-        return self.catalog.load_table(ident)
+        return self._evolve(self.catalog.load_table(ident), layout)
+
+    def _evolve(self, table: Table, layout: TableLayout, attempts: int = 5) -> Table:
+        """Add the layout's columns an older table lacks (e.g. `redactions`), so ingest can write them. Additive
+        only: an existing column is never changed or dropped. Safe under races: a conflicting commit re-reads."""
+        from pyiceberg.exceptions import CommitFailedException
+
+        for attempt in range(attempts):
+            if not set(layout.schema.names) - {f.name for f in table.schema().fields}:
+                return table
+            try:
+                with table.update_schema() as update:
+                    update.union_by_name(layout.schema)
+            except CommitFailedException:  # another process evolved or appended first: look again
+                if attempt == attempts - 1:
+                    raise
+            table = self.catalog.load_table(self.identifier(layout.name))
+        return table
 
     def table(self, name: str) -> Table:
         return self.catalog.load_table(self.identifier(name))

@@ -14,6 +14,11 @@ does not store are ignored, whatever they hold. `_parse_line` and `_coerce` are 
 test_hostile_input.py feeds random hostile lines through both and requires the same rows and quarantine rows.
 No line can fail the run: an unexpected exception costs that line (`internal_error`), and a segment that still cannot
 be normalized is returned as failed (the ingest moves it to landing/failed/ with a quarantine row).
+
+Redaction, for what other producers write (a landing file dropped by hand, an importer): both paths redact every
+free-text column of the rows they return (`redact_rows`: `Redactor.flags` picks the rows column-wise, the exact
+redactor runs only on those, with the row's task's redactor) and the raw bytes and reasons of quarantine rows, so no
+PII reaches Iceberg through any table. Redacting is idempotent: what the SDK already redacted comes through unchanged.
 """
 
 from __future__ import annotations
@@ -22,9 +27,14 @@ import io
 import json
 import logging
 import math
+import os
 import re
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -53,7 +63,13 @@ RANGES = {("feedback", "score"): (0.0, 1.0)}
 TS_BOUNDS = (datetime(1970, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC))
 INT_BOUNDS = (-(1 << 63), (1 << 63) - 1)  # Iceberg long
 # Free-form fields stored as JSON text: an object given in their place is accepted and encoded.
-JSON_TEXT_FIELDS = {"metadata", "tool_calls"}
+JSON_TEXT_FIELDS = {"metadata", "tool_calls", "redactions"}
+# `redactions`: PII kind → count, as the redactor writes it; anything else would mislead audits and the UI. The same
+# pattern runs in Python (fullmatch) and in Arrow's RE2 (anchored), so both paths decide alike.
+_REDACTIONS = r'\{(?:"[A-Z][A-Z0-9_]*": ?[0-9]{1,9}(?:, ?"[A-Z][A-Z0-9_]*": ?[0-9]{1,9})*)?\}'
+_REDACTIONS_RE = re.compile(_REDACTIONS)
+FORMATS = {"redactions": (_REDACTIONS_RE, "a JSON object of PII kind (UPPER_SNAKE) → count, e.g. "
+                          '{"EMAIL_ADDRESS":2}, as the redactor writes it; leave it out when nothing was redacted')}
 MAX_JSON_DEPTH = 32  # levels of such an object
 # json.loads recurses once per level and gives up near 1000: deeper containers are cut to null before it reads a
 # line. Anything at that depth lies deeper than MAX_JSON_DEPTH in a stored field, or in one the lake drops.
@@ -149,7 +165,8 @@ def failed_segment(segment: str, why: str) -> NormalizedBatch:
     reason = (f"segment {why}; moved to landing/{FAILED_DIR}/{segment}: fix it (or report the bug) and move it back "
               "into the landing folder to ingest it")
     return NormalizedBatch(INTERACTIONS.empty_table(), FEEDBACK_EVENTS.empty_table(),
-                           [QuarantineRow(segment, 0, "segment_failed", reason, b"")], segments=1, failed=[segment])
+                           redact_quarantine([QuarantineRow(segment, 0, "segment_failed", reason, b"")]),
+                           segments=1, failed=[segment])
 
 
 def quarantine_table(rows: list[QuarantineRow], at: datetime) -> pa.Table:
@@ -216,7 +233,8 @@ def _fast_path(segments: list[tuple[str, bytes]], at: datetime, max_bytes: int) 
         keep = is_kind[kind] & ~bad
         rows = parsed if keep.all() else parsed.filter(pa.array(keep))  # a filter copies every column
         tables[kind] = _finish(rows, target, names.take(pa.array(segment_index[keep])), pa.array(line_no[keep]), at)
-    return NormalizedBatch(tables["interaction"], tables["feedback"], quarantine, len(segments), len(segments))
+    return NormalizedBatch(tables["interaction"], tables["feedback"], redact_quarantine(quarantine), len(segments),
+                           len(segments))
 
 
 def _is_utf8(buf: bytes) -> bool:
@@ -243,6 +261,8 @@ def _suspects(kind: str, f: LandingField, column: pa.ChunkedArray) -> np.ndarray
     bounds = RANGES.get((kind, f.name))
     if bounds:
         masks.append(pc.or_(pc.less(column, bounds[0]), pc.greater(column, bounds[1])))
+    if f.name in FORMATS:
+        masks.append(pc.invert(pc.match_substring_regex(column, "^" + FORMATS[f.name][0].pattern + "$")))
     if f.kind == "timestamp":
         lo, hi = (pa.scalar(b, TS) for b in TS_BOUNDS)
         masks.append(pc.or_(pc.less(column, lo), pc.greater_equal(column, hi)))
@@ -286,8 +306,8 @@ def _finish(rows: pa.Table, target: pa.Schema, segments: pa.Array, lines: pa.Arr
             columns[f.name] = pa.repeat(pa.scalar(at, f.type), n) if n else pa.array([], f.type)
         else:
             columns[f.name] = rows[f.name]
-    table = pa.table(columns, schema=target)
-    if "content_hash" in target.names and n and table["content_hash"].null_count:
+    table = redact_rows(pa.table(columns, schema=target), "interaction" if target is INTERACTIONS else "feedback")
+    if "content_hash" in target.names and n and table["content_hash"].null_count:  # of the redacted text, as the SDK
         table = _fill_content_hash(table)
     return table
 
@@ -319,7 +339,8 @@ def _line_by_line(segment: str, data: bytes, at: datetime, max_bytes: int) -> No
         parsed, numbers = _arrow_rows(segment, kind, accepted[kind], quarantine)
         segment_col = pa.array([segment] * parsed.num_rows, pa.string())
         tables[kind] = _finish(parsed, target, segment_col, pa.array(numbers, pa.int32()), at)
-    return NormalizedBatch(tables["interaction"], tables["feedback"], quarantine, segments=1, fast_path_segments=0)
+    return NormalizedBatch(tables["interaction"], tables["feedback"], redact_quarantine(quarantine), segments=1,
+                           fast_path_segments=0)
 
 
 def _arrow_rows(segment: str, kind: str, accepted: list[tuple[int, bytes, dict]],
@@ -390,6 +411,9 @@ def _decide(raw: bytes, max_bytes: int) -> tuple[str, dict]:
         bounds = RANGES.get((kind, f.name))
         if bounds and not bounds[0] <= row[f.name] <= bounds[1]:
             raise Invalid("invalid_value", _range_reason(f.name, bounds), f.name, kind)
+        fmt = FORMATS.get(f.name)
+        if fmt and not fmt[0].fullmatch(row[f.name]):
+            raise Invalid("invalid_value", f"field '{f.name}' must be {fmt[1]}", f.name, kind)
     if _SURROGATE_ESCAPE.search(raw):
         for f in FIELDS_BY_KIND[kind]:
             _no_lone_surrogate(f, row[f.name], kind)
@@ -603,6 +627,10 @@ def _internal_reason(exc: BaseException) -> str:
 
 
 def _short(value: object) -> str:
+    """A value quoted in a reason (reasons are stored in quarantine): redacted, then cut (cut first, a secret split in
+    two would no longer be recognised)."""
+    if isinstance(value, str):
+        value = task_redactors()(None).redact(value)[0]
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -624,3 +652,186 @@ def _range_reason(name: str, bounds: tuple[float, float]) -> str:
 
 def _enum_reason(name: str, allowed: tuple[str, ...]) -> str:
     return f"field '{name}' must be one of {', '.join(allowed)}"
+
+
+# --- redaction -----------------------------------------------------------------------------------
+
+# The free-text columns of each kind (Redactor.redact_record's fields); ids, times, enums, names are never touched.
+TEXT_COLUMNS = {
+    "interaction": ("prompt", "messages", "response", "tool_calls", "contexts", "error_message", "metadata"),
+    "feedback": ("label", "comment", "correction", "metadata"),
+}
+
+
+class TaskRedactors:
+    """Captured task name → the redactor of that task's `privacy.redaction` section (over the shared settings),
+    loaded from the task YAMLs in the settings (CONTINUUM_TASKS) and reloaded when one of them changes.
+
+    A task with no YAML gets the shared settings' redactor. Where no task is known (feedback events, quarantined
+    lines, the `None` key), `strictest`: the shared settings plus every task's own patterns and deny-list, and no
+    kind turned off, so a term some task denies cannot slip in through a feedback comment. Several YAMLs selecting
+    the same captured task combine the same way: what any adds is redacted, a kind stays only if all keep it.
+    """
+
+    def __init__(self, task_paths: tuple[Path, ...]):
+        self.task_paths = tuple(task_paths)
+        self._lock = threading.Lock()
+        self._stamp: tuple | None = None
+        self._checked = -math.inf
+        self._by_task: dict[str | None, Any] = {}
+        self._shared: Any = None
+
+    def __call__(self, task: str | None) -> Any:
+        """The task's redactor; the YAMLs are looked at again at most once a second (the writer asks per record)."""
+        self.refresh(max_age=1.0)
+        return self.get(task)
+
+    def get(self, task: str | None) -> Any:
+        return self._by_task.get(task, self._shared)
+
+    def refresh(self, max_age: float = 0.0) -> None:
+        """Reload if a task YAML was added, removed or changed since the last look (more than max_age s ago)."""
+        now = time.monotonic()
+        if now - self._checked < max_age:
+            return
+        self._checked = now
+        files = _task_yaml_files(self.task_paths)
+        stamp = tuple((str(f), _mtime(f)) for f in files)
+        if stamp == self._stamp:
+            return
+        with self._lock:
+            if stamp != self._stamp:
+                self._by_task, self._shared = self._load(files)
+                self._stamp = stamp
+
+    @staticmethod
+    def _load(files: list[Path]) -> tuple[dict[str | None, Any], Any]:
+        from continuum_pipeline.privacy.redact import redactor
+        from continuum_pipeline.task.config import RedactionSpec, load_task_config
+
+        specs: dict[str, list[RedactionSpec]] = {}
+        for path in files:  # a broken YAML raises TaskConfigError naming it: redacting without it could leak
+            task = load_task_config(path)
+            specs.setdefault(task.select.task or task.name, []).append(task.privacy.redaction)
+        everything = [s for group in specs.values() for s in group]
+        by_task: dict[str | None, Any] = {name: redactor(_combined(group)) for name, group in specs.items()}
+        by_task[None] = redactor(_combined(everything, keep_disabled=False))
+        return by_task, redactor()
+
+
+def _combined(specs: list, keep_disabled: bool = True) -> Any:
+    from continuum_pipeline.task.config import RedactionSpec
+
+    disabled = set.intersection(*(set(s.disable) for s in specs)) if specs and keep_disabled else set()
+    patterns: dict[str, str] = {}
+    for s in specs:
+        for name, pattern in s.patterns.items():
+            # Two tasks naming one entity differently: both patterns apply, as NAME and NAME_2.
+            key, i = name, 1
+            while key in patterns and patterns[key] != pattern:
+                i += 1
+                key = f"{name}_{i}"
+            patterns[key] = pattern
+    deny = sorted({term for s in specs for term in s.deny_list})
+    return RedactionSpec(disable=sorted(disabled), patterns=patterns, deny_list=deny)
+
+
+def _task_yaml_files(paths: tuple[Path, ...]) -> list[Path]:
+    # As definitions.task_yaml_files (which imports dagster, so domain code cannot): files as given, or every
+    # defs.yaml under a folder.
+    found: list[Path] = []
+    for path in paths:
+        found += sorted(path.rglob("defs.yaml")) if path.is_dir() else [path]
+    return found
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
+
+
+_REDACTORS: dict[tuple, TaskRedactors] = {}
+
+
+def task_redactors(task_paths: tuple[Path, ...] | None = None) -> TaskRedactors:
+    """The TaskRedactors of these task YAMLs (default: the current settings'), one per set of paths."""
+    if task_paths is None:
+        from continuum_pipeline.settings import get_settings
+
+        task_paths = get_settings().tasks
+    key = tuple(task_paths)
+    if key not in _REDACTORS:
+        _REDACTORS[key] = TaskRedactors(key)
+    return _REDACTORS[key]
+
+
+def redact_rows(table: pa.Table, kind: str, redactors: TaskRedactors | None = None) -> pa.Table:
+    """Every free-text column of `kind` rows redacted, counts merged into `redactions`. Vectorised: each column's
+    `flags` pick the rows that may hold PII; only those go through the exact redactor, each with its task's."""
+    if not table.num_rows:
+        return table
+    redactors = redactors or task_redactors()
+    redactors.refresh()
+    if kind == "interaction":  # task is required: never null here
+        groups: dict[int, tuple[Any, list[str]]] = {}
+        for task in pc.unique(table["task"]).to_pylist():
+            groups.setdefault(id(r := redactors.get(task)), (r, []))[1].append(task)
+    else:
+        groups = {0: (redactors.get(None), [])}
+    mask = np.zeros(table.num_rows, dtype=bool)
+    for redactor, tasks in groups.values():  # one pass per distinct redactor, over the rows of its tasks
+        flagged = _flagged(table, kind, redactor)
+        mask |= flagged if len(groups) == 1 else flagged & _np(pc.is_in(table["task"], pa.array(tasks, pa.string())))
+    picked = np.flatnonzero(mask)
+    if not len(picked):
+        return table
+    records = table.take(pa.array(picked)).to_pylist()
+    for record in records:
+        redactors.get(record.get("task") if kind == "interaction" else None).redact_record(record)
+        if record["redactions"] == "{}":  # flagged, yet nothing found: no field, as for rows not flagged
+            record["redactions"] = None
+    redacted = pa.Table.from_pylist(records, schema=table.schema)
+    rest = np.flatnonzero(~mask)
+    order = np.argsort(np.concatenate([rest, picked]), kind="stable")
+    return pa.concat_tables([table.take(pa.array(rest)), redacted]).take(pa.array(order))
+
+
+def _flagged(table: pa.Table, kind: str, redactor: Any) -> np.ndarray:
+    mask = np.zeros(table.num_rows, dtype=bool)
+    for name in TEXT_COLUMNS[kind]:
+        column = table[name]
+        if pa.types.is_list(column.type):
+            offset = 0
+            for chunk in column.chunks:
+                items = pc.list_flatten(chunk)
+                if pa.types.is_struct(items.type):
+                    items = pc.struct_field(items, "content")
+                if len(items):
+                    hit = np.asarray(redactor.flags(items), dtype=bool)
+                    mask[offset + pc.list_parent_indices(chunk).to_numpy()[hit]] = True
+                offset += len(chunk)
+        else:
+            mask |= np.asarray(redactor.flags(column.combine_chunks()), dtype=bool)
+    return mask
+
+
+def redact_quarantine(rows: list[QuarantineRow]) -> list[QuarantineRow]:
+    """Quarantine keeps a line's raw bytes, so they are redacted too (with the strictest redactor: the line's task
+    is not known). Bytes that are not UTF-8 survive through surrogateescape; a line with nothing found is kept as is,
+    byte for byte."""
+    if not rows:
+        return rows
+    redactors = task_redactors()
+    redactors.refresh()
+    redactor = redactors.get(None)
+    for q in rows:
+        if q.raw:
+            text = q.raw.decode("utf-8", "surrogateescape")
+            redacted, counts = redactor.redact(text)
+            if counts:
+                q.raw = redacted.encode("utf-8", "surrogateescape")
+        if q.reason:  # reasons quote up to 40 characters of the offending value
+            q.reason = redactor.redact(q.reason)[0]
+    return rows

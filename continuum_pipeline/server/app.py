@@ -2,7 +2,9 @@
 
 Starlette + uvicorn: both already come with dagster-webserver, small, and what FastAPI itself stands on.
 Everything the service accepts becomes landing records through the SDK's own writer (capture.writer.WRITER),
-so ingest, quarantine and exactly-once are the same as for `@capture`.
+so ingest, quarantine and exactly-once are the same as for `@capture`; the writer redacts each record before it
+is written, here with the redactor of the record's task (its YAML's `privacy.redaction`), which the service loads
+at start (a broken task YAML stops it: it cannot redact as that task asks).
 """
 
 from __future__ import annotations
@@ -24,8 +26,12 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 def create_app(settings: Settings, model_dir: str | None = None) -> Starlette:
+    from continuum_pipeline.capture.writer import WRITER
+    from continuum_pipeline.lake.normalize import task_redactors
     from continuum_pipeline.server import gateway, langfuse, otlp
 
+    redactors = task_redactors(settings.tasks)
+    redactors.refresh()
     routes = [Route("/healthz", healthz, methods=["GET"])]
     routes += otlp.routes(settings)
     routes += langfuse.routes(settings)
@@ -33,12 +39,14 @@ def create_app(settings: Settings, model_dir: str | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
-        yield
-        await gateway.aclose()  # the gateway's pooled upstream connections
-        # uvicorn re-raises SIGTERM/SIGINT after shutdown, so atexit never runs: land what is queued now.
-        from continuum_pipeline.capture.writer import WRITER
-
-        WRITER.flush()
+        previous, WRITER.redactor_for = WRITER.redactor_for, redactors
+        try:
+            yield
+            await gateway.aclose()  # the gateway's pooled upstream connections
+            # uvicorn re-raises SIGTERM/SIGINT after shutdown, so atexit never runs: land what is queued now.
+            WRITER.flush()
+        finally:  # the process's own @capture calls go back to the settings' redactor
+            WRITER.redactor_for = previous
 
     return Starlette(routes=routes, lifespan=lifespan)
 

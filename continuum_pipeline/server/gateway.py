@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from continuum_pipeline.capture._decorator import new_id
-from continuum_pipeline.capture.record import CONSENTS, interaction_record
+from continuum_pipeline.capture.record import CONSENTS, ERROR_MESSAGE_CHARS, interaction_record
 from continuum_pipeline.capture.writer import RECORD_BYTES, WRITER
 from continuum_pipeline.server import auth
 from continuum_pipeline.server.arms import Arm, ArmsState
@@ -350,7 +350,9 @@ class Gateway:
             elapsed = perf_counter_ns() - t0
             error = None
             if status >= 400:
-                error = UpstreamHTTPError(f"HTTP {status}: {answer[:500].decode('utf-8', 'replace')}")
+                # Cut generously: the writer redacts, then clips to ERROR_MESSAGE_CHARS (a cut secret would slip by).
+                body = answer[:8 * ERROR_MESSAGE_CHARS].decode("utf-8", "replace")
+                error = UpstreamHTTPError(f"HTTP {status}: {body}")
             WRITER.submit(_build, (spec, iid, wall, elapsed, messages, answer, False, error, ctx, ann, arm),
                           size + len(answer))
             return Response(answer, status_code=status, headers=passed)

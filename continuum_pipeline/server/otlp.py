@@ -211,8 +211,11 @@ def make_handler(settings: Settings, check, recent: spans.RecentContexts):
             log.warning("landing writer is saturated: answering 503 to an export of %d spans", result.total_spans)
             return _error(503, "the landing writer is saturated: retry later", protobuf,
                           {"Retry-After": str(RETRY_AFTER_SECONDS)})
-        if result.rejected_spans:
-            log.warning("OTLP export: %d LLM span(s) rejected: %s", result.rejected_spans, "; ".join(result.errors))
+        if result.rejected_spans:  # the errors quote span names, and logs end up in files: redacted like records
+            from continuum_pipeline.lake.normalize import task_redactors
+
+            errors = task_redactors(settings.tasks)(None).redact("; ".join(result.errors))[0]
+            log.warning("OTLP export: %d LLM span(s) rejected: %s", result.rejected_spans, errors)
         return _export_response(result, is_json)
 
     return receive_traces
