@@ -418,3 +418,38 @@ def test_a_tasks_redaction_section_applies_at_ingest_and_in_the_gateway(settings
               for line in data.splitlines() if b'"gateway"' in line]
     assert [r["prompt"] for r in landed] == [own["prompt"]]
     assert json.loads(landed[0]["redactions"]) == {"CONTRACT_ID": 2, "DENIED": 2, "EMAIL_ADDRESS": 2}  # prompt, message
+
+
+# --- 7. bad input names the field and the fix -----------------------------------------------------------
+
+def test_a_redactions_field_that_is_no_count_object_is_quarantined_on_both_paths(settings, lake):
+    email = CANARIES["EMAIL_ADDRESS"][0]
+    good = interaction(1, prompt=f"to {email}", messages=None, redactions={"SECRET": 2})  # an object: stored as text
+    bad = [interaction(2, redactions="three emails"), interaction(3, redactions='{"EMAIL_ADDRESS": -1}'),
+           interaction(4, redactions='{"email": 1}')]
+    write_segment(settings.landing_dir, "a", [good])  # the line path (an object where text is due)
+    write_segment(settings.landing_dir, "b", [interaction(5, redactions='{"SECRET":1}'), *bad])  # fast, then rules
+    report = ingest_landing(lake, settings.landing_dir)
+    assert report.rows("interactions") == 2 and report.rows("quarantine") == 3
+    rows = {r["interaction_id"]: r for r in lake.read_arrow("interactions").to_pylist()}
+    assert json.loads(rows["i000001"]["redactions"]) == {"EMAIL_ADDRESS": 1, "SECRET": 2}  # merged with ingest's
+    assert rows["i000001"]["prompt"] == "to <EMAIL>" and rows["i000005"]["redactions"] == '{"SECRET":1}'
+    for q in lake.read_arrow("quarantine").to_pylist():
+        assert (q["error"], q["field"]) == ("invalid_value", "redactions")
+        assert "PII kind (UPPER_SNAKE) → count" in q["reason"] and "leave it out" in q["reason"]
+
+
+def test_a_broken_task_yaml_stops_ingest_with_its_path_and_keeps_the_landing_file(settings, lake, tmp_path,
+                                                                                   monkeypatch):
+    from continuum_pipeline.task.config import TaskConfigError
+
+    task_yaml = tmp_path / "broken.yaml"
+    task_yaml.write_text(yaml.safe_dump({"name": "support_answer", "judges": [
+        {"name": "kb", "kind": "python", "function": "continuum_pipeline_tests.judge_functions:plain_check"}],
+        "golden_sets": [{"name": "golden", "file": "golden.jsonl"}], "gate": {"metrics": {"a": {"judge": "kb"}}},
+        "privacy": {"redaction": {"patterns": {"lower_case": "x+"}}}}))
+    monkeypatch.setenv("CONTINUUM_TASKS", str(task_yaml))
+    segment = write_segment(settings.landing_dir, "waits", [interaction(1)])
+    with pytest.raises(TaskConfigError, match=r"broken\.yaml.*privacy\.redaction\.patterns.*UPPER_SNAKE_CASE"):
+        ingest_landing(lake, settings.landing_dir)
+    assert segment.exists() and lake.read_arrow("interactions").num_rows == 0  # it waits for the fix
