@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import phonenumbers
 import pyarrow as pa
@@ -92,6 +93,26 @@ def test_a_card_followed_by_more_digits_is_still_found():
     text = "card 4546848745268594 12/27 cvv 123; or 4546 8487 4526 8594 123. Call 212-555-0144. 415.555.0173 x"
     assert r.redact(text) == ("card <CARD> 12/27 cvv 123; or <CARD> 123. Call <PHONE>. <PHONE> x",
                               {"CREDIT_CARD": 2, "PHONE_NUMBER": 2})
+
+
+def test_phone_numbers_written_with_no_break_spaces():
+    text = "appelez le +33\u00a06\u00a012\u00a034\u00a056\u00a078 svp"
+    assert redactor().redact(text) == ("appelez le <PHONE> svp", {"PHONE_NUMBER": 1})
+    assert redactor().flags(pa.array([text])).tolist() == [True]
+
+
+def test_adversarial_texts_take_linear_time():
+    """No catastrophic backtracking: 200k-character texts built to stress each pattern finish in about a second."""
+    r = redactor()
+    cases = ["a" * 200_000 + "@x", "1 " * 100_000, "1." * 100_000, "(1) " * 50_000, "1-" * 100_000, ":" * 200_000,
+             "-----BEGIN RSA PRIVATE KEY-----\n" + "A" * 200_000, "x@" + "a-" * 100_000, "DE12 " + "ABCD " * 40_000,
+             "eyJ" + "a" * 100_000 + ".eyJ" + "b" * 100_000]
+    start = time.perf_counter()
+    for text in cases:
+        r.redact(text)
+    assert time.perf_counter() - start < 10
+    many = "Call +1 415 555 0132 or mail a@b.io. " * 2000
+    assert r.redact(many)[1] == {"PHONE_NUMBER": 2000, "EMAIL_ADDRESS": 2000}
 
 
 def test_versions_stay_but_bare_dotted_quads_are_ips():

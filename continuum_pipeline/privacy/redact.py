@@ -40,6 +40,7 @@ Settings (environment, read here so the SDK path needs no other module):
 from __future__ import annotations
 
 import base64
+import bisect
 import ipaddress
 import json
 import os
@@ -81,7 +82,7 @@ class RedactionConfigError(SettingsError):
 # the key prefixes by secrets. Keep it in step with the detectors (test_redaction checks flags ⊇ redact).
 _TRIGGER_PARTS = (
     r"@",
-    r"[0-9][0-9 ().\-]{5,}[0-9]",
+    "[0-9][0-9 \u00a0().\\-]{5,}[0-9]",  # the no-break space too (French and German phone formatting)
     r"[A-Za-z]{2}[0-9]{2} ?[A-Za-z0-9]{4}",
     r"[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:",
     r"sk-|AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA|gh[pousr]_|github_pat_|eyJ|-----BEGIN|xox[abprs]-|AIza"
@@ -101,7 +102,7 @@ _IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?
                    r"(?![\w:])")
 _VERSION_BEFORE = re.compile(r"(?:\b[vV]|\b(?:version|release|build|ver)\.?\s*)$", re.IGNORECASE)
 # Where a phone number could be: a digit run with phone separators and an optional +country / (area) start.
-_PHONE_RUN = re.compile(r"\+?\(?[0-9][0-9 ().\-]{5,}[0-9]")
+_PHONE_RUN = re.compile("\\+?\\(?[0-9][0-9 \u00a0().\\-]{5,}[0-9]")
 # Gates: one cheap scan decides whether a family of detectors needs to run at all (parts of TRIGGER).
 _DIGIT_RUN = re.compile(_TRIGGER_PARTS[1])
 _HEX_COLONS = re.compile(_TRIGGER_PARTS[3])
@@ -299,13 +300,21 @@ class Redactor:
 
     def _resolve(self, text: str, spans: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
         """Non-overlapping spans, longest first, then most specific; none touching an existing placeholder."""
-        taken = [(m.start(), m.end()) for m in self._placeholder.finditer(text)] if "<" in text else []
+        # Taken intervals never overlap, so sorted starts and ends answer "does [start, end) overlap?" by bisection.
+        starts: list[int] = []
+        ends: list[int] = []
+        if "<" in text:
+            for m in self._placeholder.finditer(text):
+                starts.append(m.start())
+                ends.append(m.end())
         chosen: list[tuple[int, int, str]] = []
         for start, end, kind in sorted(set(spans), key=lambda s: (s[0] - s[1], _PRIORITY.get(s[2], _USER_PRIORITY),
                                                                  s[0], s[2])):
-            if any(start < e and s < end for s, e in taken):
+            i = bisect.bisect_right(starts, start)
+            if (i and ends[i - 1] > start) or (i < len(starts) and starts[i] < end):
                 continue
-            taken.append((start, end))
+            starts.insert(i, start)
+            ends.insert(i, end)
             chosen.append((start, end, kind))
         chosen.sort()
         return chosen
