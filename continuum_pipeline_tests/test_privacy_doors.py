@@ -453,3 +453,21 @@ def test_a_broken_task_yaml_stops_ingest_with_its_path_and_keeps_the_landing_fil
     with pytest.raises(TaskConfigError, match=r"broken\.yaml.*privacy\.redaction\.patterns.*UPPER_SNAKE_CASE"):
         ingest_landing(lake, settings.landing_dir)
     assert segment.exists() and lake.read_arrow("interactions").num_rows == 0  # it waits for the fix
+
+
+def test_capture_with_unusable_redaction_settings_drops_records_and_never_writes_them_raw(settings, sdk, monkeypatch,
+                                                                                       caplog):
+    from continuum_pipeline.capture import capture
+
+    monkeypatch.setenv("CONTINUUM_REDACT_KINDS", "EMAIL_ADDRESS,PASSPORT")
+    email = CANARIES["EMAIL_ADDRESS"][0]
+
+    @capture(task="support_answer", model="m1")
+    def answer(question):
+        return f"I will write to {email}"
+
+    assert answer(f"my mail is {email}") == f"I will write to {email}"  # the app's call is untouched
+    sdk.flush()
+    assert sdk.stats()["dropped_redaction_error"] == 1 and sdk.stats()["written"] == 0
+    assert not [p for p in Path(settings.landing_dir).rglob("*") if p.is_file()]
+    assert "CONTINUUM_REDACT_KINDS: unknown kind 'PASSPORT'" in caplog.text and email not in caplog.text

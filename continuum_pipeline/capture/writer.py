@@ -250,9 +250,12 @@ class LandingWriter:
                     record["content_hash"] = content_hash(record.get("prompt"), record.get("messages"),
                                                           record.get("response"))
             except Exception as exc:  # never write a record unredacted: drop it, count it, say why once
+                from continuum_pipeline.settings import SettingsError
+
                 self.counts["dropped_redaction_error"] += 1
-                self._warn_once("redaction", "capture could not redact a record (%s: %s); dropped",
-                                type(exc).__name__, exc)
+                # A settings error names the variable and the fix; any other message might quote the record's text.
+                why = str(exc) if isinstance(exc, SettingsError) else type(exc).__name__
+                self._warn_once("redaction", "capture could not redact a record (%s); dropped", why)
                 continue
             try:
                 lines.append(dumps_line(record))
