@@ -11,7 +11,7 @@ import time
 import phonenumbers
 import pyarrow as pa
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from stdnum import iban, luhn
 
@@ -231,7 +231,7 @@ def test_flags_cover_every_canary_and_pass_clean_text():
     _assert_flags_cover(r, NEGATIVES + desk)
 
 
-_NOISE = st.text(alphabet="0123456789 .-()+@:/#,_abcdefXYZAKI\n\"{}", max_size=60)
+_NOISE = st.text(alphabet="0123456789 .-()+@:/#,_abcdefXYZAKI\n\"{}\u00a0é", max_size=60)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -239,6 +239,21 @@ _NOISE = st.text(alphabet="0123456789 .-()+@:/#,_abcdefXYZAKI\n\"{}", max_size=6
 def test_flags_never_miss_what_redact_changes(before, after, canary):
     r = redactor()
     _assert_flags_cover(r, [before + canary + after, before + after, before, after])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(before=_NOISE, after=_NOISE, canary=st.sampled_from([v for _, v in all_canaries()]),
+       ascii_json=st.booleans())
+@example(before="", after="", canary="+1 415 555 0132", ascii_json=True)
+def test_flags_on_json_text_never_miss_what_redact_record_changes(before, after, canary, ascii_json):
+    """Ingest flags JSON text columns as they are stored (maybe \\u-escaped); redact_record reads them decoded."""
+    r = redactor()
+    value = before + canary.replace(" ", "\u00a0") + after
+    metadata = json.dumps({"note": value}, ensure_ascii=ascii_json)
+    counts = r.redact_record({"metadata": metadata})
+    assert counts == r.redact(value)[1], metadata  # escaped or not, JSON text redacts as its decoded value
+    if counts:
+        assert r.flags(pa.array([metadata])).tolist() == [True], metadata
 
 
 def test_flags_cover_user_patterns_and_deny_list_even_where_re2_cannot_run_them():

@@ -87,6 +87,7 @@ _TRIGGER_PARTS = (
     r"[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:",
     r"sk-|AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA|gh[pousr]_|github_pat_|eyJ|-----BEGIN|xox[abprs]-|AIza"
     r"|[sr]k_live_|[sr]k_test_",
+    r"\\u00[aA]0",  # a JSON-escaped no-break space: JSON text columns are flagged raw but redacted decoded
 )
 TRIGGER = "|".join(_TRIGGER_PARTS)
 
