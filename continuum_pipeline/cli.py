@@ -277,6 +277,26 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
+def cmd_privacy_report(args: argparse.Namespace) -> int:
+    from continuum_pipeline.lake.catalog import Lake
+    from continuum_pipeline.privacy.report import privacy_report
+    from continuum_pipeline.privacy.rules import PrivacyRuleError
+
+    settings = get_settings()
+    try:
+        report = privacy_report(Lake.from_settings(settings), configured_tasks(settings), args.task, args.days)
+    except (PrivacyRuleError, ValueError) as exc:
+        print(f"continuum privacy report: {exc}", file=sys.stderr)
+        return 1
+    print_table(*report.table())
+    if report.deletions:
+        print("\ndeletions")
+        print_table(*report.deletions_table())
+    for note in report.notes:
+        print(f"note: {note}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from continuum_pipeline.server.app import serve
 
@@ -329,6 +349,12 @@ def main(argv: list[str] | None = None) -> int:
         fn=cmd_job("lake_maintenance_job"))
     sub.add_parser("status", help="row counts, quarantine and quality_daily").set_defaults(fn=cmd_status)
     sub.add_parser("settings", help="the settings in effect").set_defaults(fn=cmd_settings)
+    privacy = sub.add_parser("privacy", help="privacy reports").add_subparsers(dest="privacy_command", required=True)
+    report = privacy.add_parser("report", help="per task and day: interactions carrying each PII kind, consent mix, "
+                                               "what each exclusion rule matched, deletions performed")
+    report.add_argument("--task", help="one task instance (default: all)")
+    report.add_argument("--days", type=int, default=30, help="the last N days, today included (default 30)")
+    report.set_defaults(fn=cmd_privacy_report)
     args = parser.parse_args(argv)
     try:
         with watching_signals():  # SIGTERM/SIGINT end every command within seconds, runs included

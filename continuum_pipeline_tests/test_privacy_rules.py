@@ -24,7 +24,7 @@ from continuum_pipeline.privacy.rules import (
 )
 from continuum_pipeline.task.config import ExclusionRule
 
-from .conftest import interaction, label_task, task_config, write_segment
+from .conftest import feedback, interaction, label_task, task_config, write_segment
 
 RULES = [
     {"name": "opted_out", "users": ["opt_out"]},
@@ -210,3 +210,72 @@ def test_sampling_is_deterministic_by_id_nested_across_rates_and_counted():
     kept = PrivacyPolicy(sampling_rate=0.5).apply(table, removed)
     assert set(kept["interaction_id"].to_pylist()) == half
     assert removed == {"consent denied": 0, "consent unknown": 0, "sampling (rate 0.5)": len(ids) - len(half)}
+
+
+def test_privacy_report_counts_pii_kinds_consent_rule_matches_and_deletions_per_task_and_day(lake, settings,
+                                                                                              monkeypatch, capsys):
+    from datetime import UTC, date, datetime
+
+    from continuum_pipeline.cli import main
+    from continuum_pipeline.lake.schemas import TS
+    from continuum_pipeline.privacy.report import privacy_report
+
+    day1, day2 = "2026-11-20T09:00:00.000000Z", "2026-11-21T09:00:00.000000Z"
+    email, phone = json.dumps({"EMAIL_ADDRESS": 1}), json.dumps({"PHONE_NUMBER": 2})
+    write_segment(settings.landing_dir, "20261121T000000Z-r", [
+        # what the redactor leaves: placeholders in the text, kind → count in `redactions`
+        interaction(0, ts=day1, prompt="mail <EMAIL>", redactions=email, user_id="opt_out"),
+        interaction(1, ts=day1, consent="unknown", redactions=json.dumps({"EMAIL_ADDRESS": 1, "CREDIT_CARD": 1})),
+        interaction(2, ts=day1, consent="denied"),
+        interaction(3, ts=day2, model="legacy", latency_ms=9.0),
+        interaction(4, ts=day2, task="recipe_answer", redactions=phone),  # another captured task
+        feedback(0, "i000000", comment="again <EMAIL>", redactions=email),  # same kind, same interaction: once
+        feedback(1, "i000003", comment="call <PHONE>", redactions=phone),  # the feedback carries the PII
+    ])
+    write_segment(settings.landing_dir, "20261121T000001Z-r", [  # a redelivery counts once
+        interaction(0, ts=day1, prompt="mail <EMAIL>", redactions=email, user_id="opt_out")])
+    ingest_landing(lake, settings.landing_dir)
+    receipts = pa.table({
+        "receipt_id": ["r1", "r2"], "requested_by": ["dpo", "retention"],
+        "completed_at": pa.array([datetime(2026, 11, 21, 10, tzinfo=UTC), datetime(2026, 11, 21, 11, tzinfo=UTC)], TS),
+        "kind": ["user", "retention"],
+        "rows_removed": [json.dumps({"interactions": 3, "feedback_events": 1}), json.dumps({"interactions": 5})]})
+    lake.replace_table("deletion_receipts", receipts)
+
+    task = task_config(privacy={"exclude": RULES})
+    report = privacy_report(lake, [task], today=date(2026, 11, 21))
+    by_day = {d["day"].isoformat(): d for d in report.days}
+    assert list(by_day) == ["2026-11-20", "2026-11-21"] and {d["task"] for d in report.days} == {"support_answer"}
+    first, second = by_day["2026-11-20"], by_day["2026-11-21"]
+    assert (first["interactions"], first["consent_granted"], first["consent_unknown"], first["consent_denied"]) \
+        == (3, 1, 1, 1)
+    assert first["pii"] == {"EMAIL_ADDRESS": 2, "CREDIT_CARD": 1} and second["pii"] == {"PHONE_NUMBER": 1}
+    assert first["excluded"]["opted_out"] == 1 and second["excluded"]["legacy_slow"] == 1
+    assert sum(d["excluded"]["test_sessions"] for d in report.days) == 0
+    assert report.deletions == [{"day": date(2026, 11, 21), "task": None, "receipts": 2, "rows_removed": 9,
+                                 "what": "retention, user"}]
+    assert [d["day"].isoformat() for d in privacy_report(lake, [task], days=1, today=date(2026, 11, 21)).days] \
+        == ["2026-11-21"]
+    # no task instances: per captured task name, without rules
+    captured = privacy_report(lake, today=date(2026, 11, 21))
+    assert {(d["task"], d["day"].isoformat()): d["pii"] for d in captured.days}[("recipe_answer", "2026-11-21")] \
+        == {"PHONE_NUMBER": 1}
+    markdown = report.markdown()
+    assert "| PII EMAIL_ADDRESS |" in markdown.splitlines()[0] and "**Deletions**" in markdown
+
+    # the CLI over the task instances of CONTINUUM_TASKS
+    yaml_file = settings.home / "defs.yaml"
+    yaml_file.write_text(json.dumps({"attributes": {
+        "name": "support_answer",
+        "judges": [{"name": "kb", "kind": "python", "function": "continuum_pipeline_tests.judge_functions:plain_check"}],
+        "golden_sets": [{"name": "g", "from_production": {"size": 2}}], "gate": {"metrics": {"accuracy": {"judge": "kb"}}},
+        "privacy": {"exclude": RULES}}}))
+    monkeypatch.setenv("CONTINUUM_TASKS", str(yaml_file))
+    assert main(["privacy", "report", "--days", "3650"]) == 0
+    out = capsys.readouterr().out
+    header, _, row1, row2, *rest = out.splitlines()
+    assert header.split()[:6] == ["task", "day", "interactions", "consent", "granted", "denied"]
+    assert row1.split()[:6] == ["support_answer", "2026-11-20", "3", "1", "1", "1"] and "2026-11-21" in row2
+    assert any("2026-11-21" in line and "retention, user" in line for line in rest)
+    assert main(["privacy", "report", "--task", "nope"]) == 1
+    assert "no such task instance" in capsys.readouterr().err

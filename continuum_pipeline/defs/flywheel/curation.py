@@ -28,8 +28,10 @@ def curation_policy(the_lake, task: TaskConfig):
                           sampling_rate=privacy.sampling_rate)
 
 
-def privacy_metadata(task: TaskConfig, removed: dict[str, int]) -> dict:
-    """What consent, each exclusion rule and sampling removed, as numbers and one table (in filter order)."""
+def privacy_metadata(the_lake, task: TaskConfig, removed: dict[str, int]) -> dict:
+    """What consent, each exclusion rule and sampling removed (in filter order), and the task's privacy report
+    for the last 30 days (PII kinds carried, consent mix, rule matches, deletions) for the UI."""
+    from continuum_pipeline.privacy.report import privacy_report
     from continuum_pipeline.privacy.rules import privacy_removals
 
     rows = privacy_removals(removed)
@@ -37,6 +39,7 @@ def privacy_metadata(task: TaskConfig, removed: dict[str, int]) -> dict:
         "sampling_rate": task.privacy.sampling_rate,
         "excluded_by_privacy": sum(n for _, n in rows),
         "privacy": dg.MetadataValue.md(markdown_table(["privacy filter", "rows removed"], rows)),
+        "privacy_report": dg.MetadataValue.md(privacy_report(the_lake, [task], days=30).markdown()),
     }
 
 
@@ -74,7 +77,7 @@ def sft_dataset(task: TaskConfig) -> dg.AssetsDefinition:
             "validation_rows": dataset.count("validation"),
             "eligible_rows": dataset.table.num_rows,
             **{f"removed: {k}": v for k, v in dataset.removed.items()},
-            **privacy_metadata(task, dataset.removed),
+            **privacy_metadata(the_lake, task, dataset.removed),
             "summary": dg.MetadataValue.md(
                 markdown_table(["step", "rows", "note"], removed) + "\n\n"
                 + markdown_table(["target", "rows"], [(r["target_source"], r["interaction_id_count"]) for r in by_source])),
