@@ -207,9 +207,14 @@ def test_redact_record_covers_feedback_and_keeps_clean_json_byte_for_byte():
         == {"SECRET": 1}
 
 
-def test_redact_record_rejects_unreadable_counts():
-    with pytest.raises(ValueError, match="redactions"):
-        redactor().redact_record({"prompt": "x", "redactions": "[1]"})
+def test_redact_record_leaves_an_unreadable_count_field_to_ingest_but_redacts_it_as_text():
+    r = redactor()
+    for bad in ("[1]", '{"EMAIL_ADDRESS": -1}', '{"EMAIL_ADDRESS": 1.5}', "three emails"):
+        record = {"prompt": "mail a.b_c-d@sub.domain-x.io", "redactions": bad}
+        assert r.redact_record(record) == {"EMAIL_ADDRESS": 1}
+        assert record == {"prompt": "mail <EMAIL>", "redactions": bad}
+    record = {"prompt": "hi", "redactions": "sent to a.b_c-d@sub.domain-x.io"}
+    assert r.redact_record(record) == {} and record["redactions"] == "sent to <EMAIL>"
 
 
 # --- the vectorised pre-filter ----------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ CONTRACT (other modules code against this; keep it):
   (interaction or feedback: prompt, messages[*].content, response, tool_calls, contexts[*], error_message,
   comment, correction, label, metadata — JSON text: its string values, keys kept); merges the counts into
   `record["redactions"]` (JSON object text, sorted keys) and returns this call's counts. Ids, timestamps,
-  model names, enums are never touched.
+  model names, enums are never touched. (Addition: a `redactions` value that is no count object is left for
+  ingest to quarantine, only redacted as text; redact_record never raises for it.)
 - `Redactor.flags(texts: pyarrow string array) -> numpy bool mask`: a vectorised, conservative pre-filter
   (no false negatives): rows whose text could hold anything the redactor would replace. Ingest runs the
   exact redactor only on flagged rows.
@@ -371,6 +372,12 @@ class Redactor:
             elif isinstance(value, dict | list):
                 record[field] = self._value(value, counts, ())
         merged = _loads_counts(record.get("redactions"))
+        if merged is None:
+            # Not a count object: ingest quarantines the record for it (naming the field); here it is only
+            # redacted as text, so that whatever it holds reaches no file verbatim.
+            if isinstance(record["redactions"], str):
+                record["redactions"] = self.redact(record["redactions"])[0]
+            return counts
         for kind, n in counts.items():
             merged[kind] = merged.get(kind, 0) + n
         record["redactions"] = json.dumps(merged, sort_keys=True, separators=(",", ":"))
@@ -452,19 +459,20 @@ def _iban_span(text: str, start: int, end: int) -> tuple[int, int] | None:
     return None
 
 
-def _loads_counts(raw: Any) -> dict[str, int]:
-    if isinstance(raw, dict):
-        return {str(k): int(v) for k, v in raw.items()}
-    if not raw:
+def _loads_counts(raw: Any) -> dict[str, int] | None:
+    """The counts a record already carries ({} when none); None when the field is not a count object."""
+    if raw is None or raw == "":
         return {}
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        value = None
-    if not isinstance(value, dict):
-        raise ValueError(f"record field redactions={raw!r} is not a JSON object of counts; write e.g. "
-                         '{"EMAIL_ADDRESS": 1} or leave it out')
-    return {str(k): int(v) for k, v in value.items()}
+    value = raw
+    if isinstance(raw, str):
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            return None
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and type(v) is int and v >= 0 for k, v in value.items()):
+        return None
+    return dict(value)
 
 
 def _re2_literal(s: str) -> str:
