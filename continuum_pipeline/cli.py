@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -308,6 +309,42 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_forget(args: argparse.Namespace) -> int:
+    """The forget_job as a supervised run (SIGTERM stops it; a rerun or --resume finishes it), then the receipts."""
+    from datetime import UTC, datetime
+
+    from continuum_pipeline import run_guard
+    from continuum_pipeline.definitions import build_definitions
+    from continuum_pipeline.defs.loggers import COMPACT_RUN_CONFIG
+    from continuum_pipeline.lake.catalog import Lake
+    from continuum_pipeline.privacy.forget import read_receipts
+
+    if not (args.user or args.session or args.interaction or args.resume):
+        print("continuum forget: give --user, --session or --interaction ids (repeatable), or --resume to finish "
+              "interrupted requests", file=sys.stderr)
+        return 2
+    settings = get_settings()
+    prepare_home(settings)
+    config = {"users": args.user, "sessions": args.session, "interactions": args.interaction,
+              "requested_by": args.requested_by}
+    started = datetime.now(UTC)
+    job = build_definitions(settings).resolve_job_def("forget_job")
+    result = run_guard.execute(job, _instance(), wait_seconds=settings.pool_wait_seconds,
+                               run_config={**COMPACT_RUN_CONFIG, "ops": {"forget": {"config": config}}},
+                               tags={"continuum/trigger": "cli:forget"}, raise_on_error=False)
+    for receipt in [r for r in read_receipts(Lake.from_settings(settings)) if r["completed_at"] >= started]:
+        print(f"deletion receipt {receipt['receipt_id']} ({receipt['rows_removed']} rows removed; requested by "
+              f"{receipt['requested_by']})")
+        tables = json.loads(receipt["tables"])
+        print_table(["table", "rows removed", "files rewritten", "snapshot before", "snapshot after"],
+                    [[n, t["rows_removed"], t["files_rewritten"], t["snapshot_before"], t["snapshot_after"]]
+                     for n, t in sorted(tables.items()) if t["rows_removed"]])
+        affected = json.loads(receipt["affected_versions"])
+        print("model versions trained or evaluated on the deleted data (tagged continuum.trained_on_deleted_data): "
+              + (", ".join(f"{a['model']}@{a['version']}" for a in affected) or "none"))
+    return 0 if result.success else 1
+
+
 def plugin_commands(sub) -> None:
     """Commands other packages add through `continuum.commands` entry points (the example app adds `demo`)."""
     from importlib.metadata import entry_points
@@ -347,6 +384,13 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("ingest", help="ingest waiting landing segments now").set_defaults(fn=cmd_job("ingest_job"))
     sub.add_parser("maintain", help="compact and expire the lake tables now").set_defaults(
         fn=cmd_job("lake_maintenance_job"))
+    forget = sub.add_parser("forget", help="delete a person's data everywhere, physically, with a receipt")
+    forget.add_argument("--user", action="append", default=[], help="a user_id to forget (repeatable)")
+    forget.add_argument("--session", action="append", default=[], help="a session_id to forget (repeatable)")
+    forget.add_argument("--interaction", action="append", default=[], help="an interaction_id (repeatable)")
+    forget.add_argument("--requested-by", help="who asked, for the receipt (default: the OS user)")
+    forget.add_argument("--resume", action="store_true", help="finish requests a crash or a stop left pending")
+    forget.set_defaults(fn=cmd_forget)
     sub.add_parser("status", help="row counts, quarantine and quality_daily").set_defaults(fn=cmd_status)
     sub.add_parser("settings", help="the settings in effect").set_defaults(fn=cmd_settings)
     privacy = sub.add_parser("privacy", help="privacy reports").add_subparsers(dest="privacy_command", required=True)

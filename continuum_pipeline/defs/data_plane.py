@@ -18,6 +18,7 @@ from continuum_pipeline.defs.lake.assets import (
     lake_maintenance_schedule,
 )
 from continuum_pipeline.defs.loggers import compact_console
+from continuum_pipeline.defs.privacy import forget_job, privacy_upkeep_job, privacy_upkeep_schedule
 from continuum_pipeline.defs.resources import default_sql_dir, resources_from_settings
 from continuum_pipeline.defs.sql.assets import sql_assets, sql_models_job
 from continuum_pipeline.settings import Settings, get_settings
@@ -29,9 +30,9 @@ def data_plane(settings: Settings | None = None, sql_dir: Path | None = None) ->
     settings = settings or get_settings()
     return dg.Definitions(
         assets=[ingest_landing_segments, lake_maintenance, *sql_assets(sql_dir or default_sql_dir())],
-        jobs=[ingest_job, sql_models_job, lake_maintenance_job],
+        jobs=[ingest_job, sql_models_job, lake_maintenance_job, forget_job, privacy_upkeep_job],
         sensors=[landing_sensor],
-        schedules=[lake_maintenance_schedule],
+        schedules=[lake_maintenance_schedule, privacy_upkeep_schedule],
         resources=resources_from_settings(settings),
         loggers={"compact_console": compact_console},
     )

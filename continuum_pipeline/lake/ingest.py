@@ -26,6 +26,16 @@ The ledger thus holds the segments still in landing plus those archived within t
 small as the landing backlog. Claiming segments instead (renaming them into a per-run folder) would
 still need this ledger for crash recovery, and a lease to tell a dead claimant from a slow one, whose
 expiry on a slow run brings the double back.
+
+Forgotten subjects (privacy/tombstones.py). Every commit attempt re-reads the tombstones *after* loading the
+snapshot it commits against, and drops the rows of a subject forgotten at or after their `ts` (counted in
+`forgotten_rows`, not quarantined), with the feedback of interactions so dropped. `forget` commits its
+tombstones first, then moves every table's head, so an attempt that read no tombstone can no longer commit.
+
+Archive hygiene. The archive copy of a segment is written redacted (the redactor of privacy/redact.py, line by
+line) and without lines of forgotten subjects, under the same name (the ledger and the replay use names):
+written to landing/.tmp/, renamed into the archive, and only then removed from landing, so at every instant the
+segment is in landing or in the archive (a crash in between leaves both: the rerun skips it as archived).
 """
 
 from __future__ import annotations
@@ -45,7 +55,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from continuum_pipeline.capture.landing import ARCHIVE_DIR, FAILED_DIR, list_ignored, list_segments
+from continuum_pipeline.capture.landing import ARCHIVE_DIR, FAILED_DIR, TMP_DIR, list_ignored, list_segments
 from continuum_pipeline.lake.catalog import Lake
 from continuum_pipeline.lake.normalize import (
     NormalizedBatch,
@@ -54,6 +64,7 @@ from continuum_pipeline.lake.normalize import (
     quarantine_table,
 )
 from continuum_pipeline.lake.schemas import INGEST_TABLES
+from continuum_pipeline.privacy.tombstones import Tombstones, load_tombstones
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +83,7 @@ class TableCommit:
     rows: int = 0
     skipped_rows: int = 0  # rows of segments already held: a rerun after a crash, or another run was first
     skipped_segments: int = 0
+    forgotten_rows: int = 0  # rows of subjects forgotten since they were captured (tombstones): dropped, counted
     snapshot_id: int | None = None
 
 
@@ -155,19 +167,24 @@ def ingest_landing(lake: Lake, landing: Path, *, max_segments: int = 2000, max_b
     if run_id:
         summary["continuum.dagster-run-id"] = run_id
     for name in INGEST_TABLES:
-        report.commits[name] = _commit_exactly_once(lake, name, rows[name], landing, summary, emit, ledger_grace)
+        report.commits[name] = _commit_exactly_once(lake, name, rows[name], landing, summary, emit, ledger_grace,
+                                                    rows["interactions"])
 
     archive = landing / ARCHIVE_DIR
     archive.mkdir(parents=True, exist_ok=True)
     failed = set(report.failed_segments)
     if failed:
         (landing / FAILED_DIR).mkdir(exist_ok=True)
+    tombstones = load_tombstones(lake)
     for name in batch:
         # Gone: a concurrent run archived it after committing the same rows (we skipped them). Also in the
         # archive: it was dropped into landing again, so the copy replaces the identical archived one.
         # A failed segment goes to landing/failed/ instead: its quarantine row says why, and it is not retried.
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(landing / name, (landing / FAILED_DIR if name in failed else archive) / name)
+        if name in failed:
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(landing / name, landing / FAILED_DIR / name)
+        else:
+            archive_segment(landing, name, tombstones)
     emit("archived", {"segments": len(batch)})
     report.seconds = time.perf_counter() - started
     return report
@@ -185,7 +202,7 @@ def _read_segment(path: Path, max_bytes: int) -> bytes:
 
 
 def _commit_exactly_once(lake: Lake, name: str, rows: pa.Table, landing: Path, summary: dict[str, str],
-                         emit: Progress, grace: timedelta) -> TableCommit:
+                         emit: Progress, grace: timedelta, interactions: pa.Table | None = None) -> TableCommit:
     from pyiceberg.exceptions import CommitFailedException
 
     result = TableCommit(name)
@@ -196,6 +213,8 @@ def _commit_exactly_once(lake: Lake, name: str, rows: pa.Table, landing: Path, s
         new = {s for s in segments - ledger.keys() if not _ingested_elsewhere(landing, s)}  # after reading it
         todo = rows if new == segments else rows.filter(pc.is_in(rows["segment"], pa.array(sorted(new), pa.string())))
         result.skipped_rows, result.skipped_segments = rows.num_rows - todo.num_rows, len(segments - new)
+        # After loading the snapshot: a forget that committed its tombstones since then also moved that snapshot.
+        todo, result.forgotten_rows = _without_forgotten(name, todo, load_tombstones(lake), interactions)
         if not new:
             emit(f"committed:{name}", {"rows": 0, "skipped": result.skipped_rows,
                                        "skipped_segments": result.skipped_segments})
@@ -214,7 +233,8 @@ def _commit_exactly_once(lake: Lake, name: str, rows: pa.Table, landing: Path, s
             continue
         result.rows = todo.num_rows
         result.snapshot_id = committed.current_snapshot().snapshot_id
-        emit(f"committed:{name}", {"rows": result.rows, "skipped": result.skipped_rows, "snapshot_id": result.snapshot_id})
+        emit(f"committed:{name}", {"rows": result.rows, "skipped": result.skipped_rows, "snapshot_id": result.snapshot_id,
+                                   "forgotten": result.forgotten_rows})
         return result
     raise RuntimeError(f"could not commit to lake table {name!r} after {COMMIT_ATTEMPTS} attempts: other writers kept "
                        "committing first; rerun the ingest (nothing was lost or doubled)")
@@ -239,3 +259,88 @@ def _next_ledger(ledger: dict[str, float | None], new: set[str], in_landing: set
         if now - gone < grace:
             entries[segment] = gone
     return entries | dict.fromkeys(sorted(new))
+
+
+def _without_forgotten(name: str, rows: pa.Table, tombstones: Tombstones,
+                       interactions: pa.Table | None) -> tuple[pa.Table, int]:
+    """The rows less those of forgotten subjects (and feedback on this batch's interactions so dropped)."""
+    if not tombstones or not rows.num_rows:
+        return rows, 0
+    if name == "quarantine":
+        drop = pa.array(tombstones.quarantine_mask(rows))
+    else:
+        drop = tombstones.mask(rows)
+        if name == "feedback_events" and interactions is not None and interactions.num_rows:
+            gone = interactions.filter(tombstones.mask(interactions))["interaction_id"]
+            if len(gone):
+                drop = pc.or_(drop, pc.fill_null(pc.is_in(rows["interaction_id"], value_set=gone.combine_chunks()),
+                                                 False))
+    dropped = pc.sum(drop).as_py() or 0
+    return (rows.filter(pc.invert(drop)), dropped) if dropped else (rows, 0)
+
+
+def archive_segment(landing: Path, name: str, tombstones: Tombstones | None = None) -> bool:
+    """Move a landing segment into landing/archive/ as a redacted copy without forgotten subjects' lines (see the
+    module docstring). False when it was gone already (a concurrent run archived it)."""
+    try:
+        data = _read_segment(landing / name, 1 << 62)
+    except FileNotFoundError:
+        return False
+    clean = scrub_lines(data, tombstones)
+    write_segment_atomically(landing, landing / ARCHIVE_DIR / name, clean)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(landing / name)
+    return True
+
+
+def scrub_lines(data: bytes, tombstones: Tombstones | None = None) -> bytes:
+    """Each line redacted: a JSON object through `redact_record`, anything else as text; lines of forgotten
+    subjects left out. Only lines the redactor's pre-filter flags, or all when tombstones exist, are parsed."""
+    import numpy as np
+
+    from continuum_pipeline.privacy.redact import redactor
+
+    red = redactor()
+    lines = data.split(b"\n")
+    trailing = lines and lines[-1] == b""
+    if trailing:
+        lines.pop()
+    texts = [line.decode("utf-8", "replace") for line in lines]
+    flagged = np.asarray(red.flags(pa.array(texts, pa.string()))) if texts else np.zeros(0, bool)
+    out: list[str] = []
+    for text, flag in zip(texts, flagged, strict=True):
+        if not flag and not tombstones:
+            out.append(text)
+            continue
+        try:
+            record = json.loads(text)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            if tombstones and tombstones.record_forgotten(record):
+                continue
+            if flag:
+                red.redact_record(record)
+                text = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+        elif flag:
+            text = red.redact(text)[0]
+        out.append(text)
+    return "".join(t + "\n" for t in out).encode()
+
+
+def write_segment_atomically(landing: Path, target: Path, data: bytes) -> None:
+    """Write `data` (plain bytes; gzip-compressed for a *.gz name) to `target` through landing/.tmp/ and a rename
+    on the same filesystem: a reader sees the old content or the new, never a part."""
+    tmp_dir = landing / TMP_DIR
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_dir / f".{target.name}.{os.getpid()}.{time.monotonic_ns()}.partial"
+    with open(tmp, "wb") as f:
+        if target.name.endswith(".gz"):
+            with gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as z:
+                z.write(data)
+        else:
+            f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, target)

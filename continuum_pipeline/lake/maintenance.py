@@ -118,13 +118,16 @@ def _partition_predicate(table, spec_id: int, values: tuple):
     return clauses[0] if len(clauses) == 1 else And(*clauses)
 
 
-def _referenced_files(table, snapshots) -> set[str]:
+def _referenced_files(table, snapshots, live_only: bool = False) -> set[str]:
+    """Manifest lists, manifests and data files of `snapshots`. `live_only`: leave out data files a manifest
+    lists as DELETED (a file a snapshot removed is no part of it; once the snapshots that held it are expired it
+    is garbage, and it may still hold deleted rows)."""
     files: set[str] = set()
     for snap in snapshots:
         files.add(snap.manifest_list)
         for manifest in snap.manifests(table.io):
             files.add(manifest.manifest_path)
-            for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=False):
+            for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=live_only):
                 files.add(entry.data_file.file_path)
     return files
 
@@ -135,12 +138,23 @@ def expire_snapshots(table, policy: MaintenancePolicy, now: datetime) -> tuple[i
     keep = {s.snapshot_id for s in snapshots[-policy.retain_last:]}
     cutoff_ms = int((now - policy.snapshot_retention).timestamp() * 1000)
     expired = [s for s in snapshots if s.snapshot_id not in keep and s.timestamp_ms < cutoff_ms]
+    return _expire(table, expired)
+
+
+def expire_all_but_current(table) -> tuple[int, int]:
+    """Expire every snapshot but the current one, whatever the time-travel retention, and delete the files only
+    they used: after a deletion (privacy/forget.py) no older snapshot may still reach the deleted rows."""
+    current = table.current_snapshot()
+    return _expire(table, [s for s in table.snapshots() if current is None or s.snapshot_id != current.snapshot_id])
+
+
+def _expire(table, expired) -> tuple[int, int]:
     if not expired:
         return 0, 0
     before = _referenced_files(table, expired)
     table.maintenance.expire_snapshots().by_ids([s.snapshot_id for s in expired]).commit()
     table = table.refresh()
-    still_used = _referenced_files(table, table.snapshots())
+    still_used = _referenced_files(table, table.snapshots(), live_only=True)
     doomed = before - still_used
     for path in doomed:
         try:
@@ -152,6 +166,20 @@ def expire_snapshots(table, policy: MaintenancePolicy, now: datetime) -> tuple[i
 
 def delete_orphan_files(table, older_than: datetime) -> int:
     """Delete data and metadata files no snapshot references (left by crashed or conflicting writes)."""
+    filesystem, orphans = unreferenced_files(table)
+    cutoff = older_than.timestamp()
+    removed = 0
+    for path, mtime in orphans:
+        if mtime is not None and mtime >= cutoff:
+            continue
+        filesystem.delete_file(path)
+        removed += 1
+    return removed
+
+
+def unreferenced_files(table) -> tuple[object, list[tuple[str, float | None]]]:
+    """(filesystem, [(path, mtime epoch s)]) of the data and metadata files under the table's location that no
+    snapshot or metadata log entry references: crashed or conflicting writes, or a writer not yet committed."""
     from pyarrow import fs
 
     location = table.location()
@@ -160,22 +188,13 @@ def delete_orphan_files(table, older_than: datetime) -> int:
         infos = filesystem.get_file_info(fs.FileSelector(root, recursive=True, allow_not_found=True))
     except (OSError, NotImplementedError) as exc:
         log.warning("cannot list %s for orphan files: %s", location, exc)
-        return 0
-    used = {_path(p) for p in _referenced_files(table, table.snapshots())}
+        return filesystem, []
+    used = {_path(p) for p in _referenced_files(table, table.snapshots(), live_only=True)}
     used.add(_path(table.metadata_location))
     used |= {_path(entry.metadata_file) for entry in table.metadata.metadata_log}
-    cutoff = older_than.timestamp()
-    removed = 0
-    for info in infos:
-        if info.type != fs.FileType.File or info.path in used:
-            continue
-        if not info.path.endswith((".parquet", ".avro", ".metadata.json")):
-            continue
-        if info.mtime is not None and info.mtime.timestamp() >= cutoff:
-            continue
-        filesystem.delete_file(info.path)
-        removed += 1
-    return removed
+    return filesystem, [(info.path, info.mtime.timestamp() if info.mtime is not None else None) for info in infos
+                        if info.type == fs.FileType.File and info.path not in used
+                        and info.path.endswith((".parquet", ".avro", ".metadata.json"))]
 
 
 def _path(uri: str) -> str:

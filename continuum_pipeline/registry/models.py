@@ -109,3 +109,10 @@ def model_dir(tracking_uri: str, ref: ModelVersionRef, cache: Path) -> Path:
     if not folder.exists():  # layouts differ across MLflow versions: find the folder holding config.json
         folder = next(p.parent for p in target.rglob("config.json"))
     return folder
+
+
+def tag_version(tracking_uri: str, model_name: str, version: str, tags: dict[str, str]) -> None:
+    """Set tags on a registered version (e.g. `continuum.trained_on_deleted_data`); idempotent."""
+    c = client(tracking_uri)
+    for k, v in tags.items():
+        c.set_model_version_tag(model_name, str(version), k, str(v))

@@ -21,6 +21,7 @@ def build_task_definitions(task: TaskConfig, sql_dir: Path | None = None) -> dg.
         training,
         triggers,
     )
+    from continuum_pipeline.defs.privacy import retrain_on_forget_sensor
     from continuum_pipeline.defs.resources import default_sql_dir
 
     assets = [labels.reward_labels(task), *sql.task_models(task, sql_dir or default_sql_dir()),
@@ -31,6 +32,6 @@ def build_task_definitions(task: TaskConfig, sql_dir: Path | None = None) -> dg.
         assets=assets,
         asset_checks=[evaluation.eval_gate(task)],
         jobs=[training_job, monitoring_job],
-        sensors=triggers.sensors(task, training_job),
+        sensors=[*triggers.sensors(task, training_job), retrain_on_forget_sensor(task, training_job)],
         schedules=triggers.schedules(task, training_job),
     )
