@@ -108,6 +108,12 @@ def test_each_rule_consent_and_the_shared_file_keep_interactions_out_and_are_cou
         assert "| excluded: legacy_slow | 1 |" in meta["privacy"]
         gmeta = latest(instance, "golden", "prod")
         assert {k: gmeta[f"removed: {k}"] for k in counts} == counts  # the golden set counts the same removals
+        # builtin:tiny pre-trains on the task's traffic: only on what the policy allows (pre-training is training)
+        from continuum_pipeline.defs.flywheel.training import _captured_conversations
+        from continuum_pipeline.defs.resources import resources_from_settings
+
+        pretraining = _captured_conversations(resources_from_settings(settings)["lake"], task)
+        assert sorted(c[0]["content"] for c in pretraining) == sorted(f"question {int(i[1:])}" for i in ALLOWED)
         assert gmeta["removed: dropped from the frozen set"] == 0
 
         # A new rule that catches a frozen golden item takes it out of the next version (and of the dataset)

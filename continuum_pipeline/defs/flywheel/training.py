@@ -82,14 +82,19 @@ def base_model(task: TaskConfig) -> dg.AssetsDefinition:
 
 
 def _captured_conversations(lake: LakeResource, task: TaskConfig) -> list[list[dict]]:
-    """The task's own traffic (allowed consent, successful calls) as pre-training conversations."""
+    """The task's own traffic (successful calls that consent, the exclusion rules and sampling allow: pre-training
+    is training) as pre-training conversations."""
+    from continuum_pipeline.privacy.rules import privacy_policy
+
     the_lake = lake.lake()
     table = task.table("sft_candidates")
     if not the_lake.table_exists(table):
         return []
-    rows = the_lake.read_arrow(table).select(["messages", "target_response", "status", "consent"]).to_pylist()
+    candidates = the_lake.read_arrow(table).select(["interaction_id", "messages", "target_response", "status",
+                                                    "consent"])
+    rows = privacy_policy(the_lake, task).apply(candidates, {}).to_pylist()
     return [[*r["messages"], {"role": "assistant", "content": r["target_response"]}] for r in rows
-            if r["status"] == "ok" and r["consent"] in task.curation.consent and r["messages"] and r["target_response"]]
+            if r["status"] == "ok" and r["messages"] and r["target_response"]]
 
 
 def candidate_model(task: TaskConfig) -> dg.AssetsDefinition:
