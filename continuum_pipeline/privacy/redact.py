@@ -111,7 +111,7 @@ _HEX_COLONS = re.compile(_TRIGGER_PARTS[3])
 _SECRET_PREFIX = re.compile(_TRIGGER_PARTS[4])
 _SECRETS = re.compile(
     r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----(?:.*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"
-    r"|(?:(?:\s|\\[nr])*[A-Za-z0-9+/=:\-]+)*)"                       # a block cut short: header and its base64
+    r"|(?:(?:\s|\\[nr])*[A-Za-z0-9+/=:\-]+)*)"  # cut short: the header and all base64-like text after it
     r"|(?<![\w\-])sk-(?:proj-|svcacct-|admin-|ant-(?:api|admin)[0-9]{2}-)?[A-Za-z0-9_\-]{20,}"  # OpenAI, Anthropic
     r"|(?<![A-Za-z0-9])(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}(?![A-Za-z0-9])"  # AWS key ids
     r"|(?<![\w])gh[pousr]_[A-Za-z0-9]{36,255}(?![\w])|(?<![\w])github_pat_[A-Za-z0-9_]{22,255}"  # GitHub
@@ -212,9 +212,9 @@ class Redactor:
         self._checks = ([re.compile(TRIGGER)] if self.kinds else []) + [rx for _, rx in self._user]
         if self._deny is not None:
             self._checks.append(self._deny)
-        self._flag_pattern = "|".join(f"(?:{p})" for p in [*([TRIGGER] if self.kinds else []),
-                                                              *self.patterns.values(),
-                                                              *(_re2_literal(s) for s in self.deny_list)])
+        # The same checks as one RE2 pattern for flags() (RE2 reads re.escape's output as the same literal).
+        parts = [*([TRIGGER] if self.kinds else []), *self.patterns.values(), *map(re.escape, self.deny_list)]
+        self._flag_pattern = "|".join(f"(?:{p})" for p in parts)
 
     def __repr__(self) -> str:
         return (f"Redactor(kinds={sorted(self.kinds)}, patterns={sorted(self.patterns)}, "
@@ -473,11 +473,6 @@ def _loads_counts(raw: Any) -> dict[str, int] | None:
             isinstance(k, str) and type(v) is int and v >= 0 for k, v in value.items()):
         return None
     return dict(value)
-
-
-def _re2_literal(s: str) -> str:
-    """A literal for RE2 (pyarrow): re.escape's output, which RE2 reads the same way, minus escaped spaces."""
-    return re.escape(s)
 
 
 def _compile_pattern(name: str, pattern: str, where: str) -> re.Pattern[str]:
