@@ -142,8 +142,9 @@ def check_rules(rules: Sequence[NamedRule], schema: pa.Schema | None = None) -> 
                                    f"({message}); {fix}") from None
 
 
-def excluded_ids(lake, rules: Sequence[NamedRule]) -> OrderedDict[str, frozenset[str]]:
-    """Per rule, the ids of the lake's interactions it matches (checked first: a bad rule fails by name)."""
+def excluded_ids(lake, rules: Sequence[NamedRule], selection: str = "true") -> OrderedDict[str, frozenset[str]]:
+    """Per rule, the ids of the lake's interactions (those `selection` keeps: the task's) it matches; the rules
+    are checked first, so a bad one fails by name."""
     import duckdb
 
     result: OrderedDict[str, frozenset[str]] = OrderedDict()
@@ -157,7 +158,8 @@ def excluded_ids(lake, rules: Sequence[NamedRule]) -> OrderedDict[str, frozenset
     lake.register_duckdb(con, "interactions", "interactions")
     for r in rules:
         try:
-            rows = con.execute(f"select distinct interaction_id from interactions where {rule_sql(r.rule)}").fetchall()
+            rows = con.execute(f"select distinct interaction_id from interactions where ({selection}) and "
+                               f"{rule_sql(r.rule)}").fetchall()
         except duckdb.Error as exc:  # a runtime error on some row's data (a cast in the predicate)
             raise PrivacyRuleError(f"{r.where} ({r.name}): where: {r.rule.where!r} failed on the lake's "
                                    f"interactions ({str(exc).splitlines()[0]}); use try_cast / null-safe "
@@ -207,7 +209,8 @@ class PrivacyPolicy:
 
 def privacy_policy(lake, task: TaskConfig) -> PrivacyPolicy:
     """The task's policy with its rules evaluated over the lake now."""
-    return PrivacyPolicy(consent=tuple(task.curation.consent), excluded=excluded_ids(lake, rules_for(task)),
+    return PrivacyPolicy(consent=tuple(task.curation.consent),
+                         excluded=excluded_ids(lake, rules_for(task), task.selection_sql()),
                          sampling_rate=task.privacy.sampling_rate)
 
 
@@ -220,7 +223,7 @@ def monitoring_exclusions(lake, task: TaskConfig) -> pa.Table:
         if rules and lake is None:
             raise PrivacyRuleError(f"{task.name}: privacy.keep_excluded_for_monitoring is false, so the SQL models "
                                    "need the lake to evaluate the exclusion rules; pass it to task_binding")
-        for matched in excluded_ids(lake, rules).values():
+        for matched in excluded_ids(lake, rules, task.selection_sql()).values():
             ids |= matched
     return pa.table({"interaction_id": pa.array(sorted(ids), pa.string())})
 
