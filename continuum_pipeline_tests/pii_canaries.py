@@ -97,6 +97,7 @@ CANARIES: dict[str, list[str]] = {
         "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJjYW5hcnktNzczMSIsIm5hbWUiOiJBZGEgUXVpbGwiLCJpYXQiOjE3NjM4"
         "MDAwMDB9.UvTCQCyEZDz_TddJ8HyS5SUkCnD8zRA9a9SkpXz9w3Q",
         PEM_KEY,
+        "postgres://app_admin:Qx7vN2pLw9zT@db.internal.example.com:5432/orders",
     ],
 }
 
@@ -176,6 +177,9 @@ NEGATIVES: list[str] = [
     "Contact us via the form at example.com/contact or @ShopfrontHelp.",
     "Use the sk- prefix in settings, and the task-force meets on Monday.",
     "The token field is empty; AKIA alone is not a key.",
+    # URLs without credentials, host:port, times with seconds
+    "Docs at https://docs.example.com:8443/v2/orders?id=48213#top and http://localhost:8080/health.",
+    "Mention @support or write to the help desk; ports 5432 and 6379 are closed.",
 ]
 
 

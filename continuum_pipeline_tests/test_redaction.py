@@ -115,6 +115,13 @@ def test_adversarial_texts_take_linear_time():
     assert r.redact(many)[1] == {"PHONE_NUMBER": 2000, "EMAIL_ADDRESS": 2000}
 
 
+def test_credentials_in_urls_are_secrets_and_the_host_stays():
+    r = redactor()
+    assert r.redact("REDIS_URL=redis://:pw123@cache:6379, docs https://a:b@c.io, mail mailto:jane@x.io") == (
+        "REDIS_URL=redis://<SECRET>@cache:6379, docs https://<SECRET>@c.io, mail mailto:<EMAIL>",
+        {"SECRET": 2, "EMAIL_ADDRESS": 1})
+
+
 def test_versions_stay_but_bare_dotted_quads_are_ips():
     r = redactor()
     assert r.redact("Upgrade to version 1.2.3.4 or v1.2.3.4 (build 4.3.2.1).")[1] == {}

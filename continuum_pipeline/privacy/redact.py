@@ -22,7 +22,7 @@ How it works (additions to the contract):
   prefix (python-stdnum), the IBAN checksum and country format (python-stdnum), `phonenumbers`
   (run only on digit runs that could be a phone), the SSA's never-issued SSN areas, `ipaddress`, JWT
   headers that decode to JSON, and the published key formats (OpenAI, AWS, GitHub, Slack, Stripe, Google,
-  PEM private-key blocks).
+  PEM private-key blocks), and `user:password@` in URLs.
 - Overlaps resolve deterministically: the longest span wins; on equal length, the more specific kind
   (DENIED, user patterns, SECRET, IBAN_CODE, CREDIT_CARD, US_SSN, EMAIL_ADDRESS, IP_ADDRESS, PHONE_NUMBER).
 - Idempotent: nothing overlapping an existing placeholder (`<EMAIL>`, `<NAME>` …) is replaced again, so a
@@ -118,8 +118,11 @@ _SECRETS = re.compile(
     r"|(?<![\w\-])xox[abprs]-[A-Za-z0-9\-]{10,}"                                                 # Slack
     r"|(?<![\w])[sr]k_(?:live|test)_[A-Za-z0-9]{16,}"                                             # Stripe
     r"|(?<![\w\-])AIza[A-Za-z0-9_\-]{35}"                                                         # Google
-    r"|(?<![\w\-])eyJ[A-Za-z0-9_\-]{4,}\.eyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*",                 # JWT
+    r"|(?<![\w\-])eyJ[A-Za-z0-9_\-]{4,}\.eyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*"                  # JWT
+    r"|(?<=://)[^\s:/?#@\"'<>]{0,256}:[^\s/?#@\"'<>]{1,256}(?=@)",   # user:password in a URL (postgres://u:p@host)
     re.DOTALL)
+# An email right after `scheme://user:` is the password and host of a URL: the SECRET above takes the credentials.
+_URL_USERINFO_BEFORE = re.compile(r"://[^\s:/?#@]*:$")
 # SSA: never issued — area 000, 666, 900-999; group 00; serial 0000; and the famous published examples.
 _SSN_PUBLISHED = {"078051120", "219099999", "457555462"}
 # Card networks' leading digits (IIN): Mastercard 2221-2720 and 51-55, Amex 34/37, Diners 30/36/38/39,
@@ -236,14 +239,16 @@ class Redactor:
                 if m.end() > m.start():
                     add((m.start(), m.end(), name))
         digits = _DIGIT_RUN.search(text) is not None  # cards, SSNs, IPv4, phones all hold 7+ digits/separators
-        if "SECRET" in kinds and _SECRET_PREFIX.search(text):
+        if "SECRET" in kinds and (_SECRET_PREFIX.search(text) or ("://" in text and "@" in text)):
             for m in _SECRETS.finditer(text):
                 if not m.group().startswith("eyJ") or _valid_jwt(m.group()):
                     add((m.start(), m.end(), "SECRET"))
         if "EMAIL_ADDRESS" in kinds and "@" in text:
             for m in _EMAIL.finditer(text):
                 local = m.group().split("@", 1)[0]
-                if ".." not in local and not local.endswith("."):
+                if ".." not in local and not local.endswith(".") and not (
+                        text[m.start() - 1:m.start()] == ":"
+                        and _URL_USERINFO_BEFORE.search(text, max(0, m.start() - 300), m.start())):
                     add((m.start(), m.end(), "EMAIL_ADDRESS"))
         if "IBAN_CODE" in kinds:
             for m in _IBAN.finditer(text):
