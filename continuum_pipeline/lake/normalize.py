@@ -23,6 +23,7 @@ PII reaches Iceberg through any table. Redacting is idempotent: what the SDK alr
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
@@ -788,14 +789,33 @@ def redact_rows(table: pa.Table, kind: str, redactors: TaskRedactors | None = No
     if not len(picked):
         return table
     records = table.take(pa.array(picked)).to_pylist()
+    memos: dict[int, Any] = {}
     for record in records:
-        redactors.get(record.get("task") if kind == "interaction" else None).redact_record(record)
+        redactor = redactors.get(record.get("task") if kind == "interaction" else None)
+        memo = memos.get(id(redactor)) or memos.setdefault(id(redactor), _memoized(redactor))
+        memo.redact_record(record)
         if record["redactions"] == "{}":  # flagged, yet nothing found: no field, as for rows not flagged
             record["redactions"] = None
     redacted = pa.Table.from_pylist(records, schema=table.schema)
     rest = np.flatnonzero(~mask)
     order = np.argsort(np.concatenate([rest, picked]), kind="stable")
     return pa.concat_tables([table.take(pa.array(rest)), redacted]).take(pa.array(order))
+
+
+def _memoized(redactor: Any) -> Any:
+    """A copy of the redactor whose redact() remembers this batch's texts: a chat's prompt is also its last message,
+    and apps repeat texts; a row costs the exact redactor once per distinct text (halves PII-rich ingest)."""
+    memo = copy.copy(redactor)
+    seen: dict[str, tuple[str, dict[str, int]]] = {}
+
+    def redact(text: str) -> tuple[str, dict[str, int]]:  # callers only read the counts: one dict may be shared
+        hit = seen.get(text)
+        if hit is None:
+            hit = seen[text] = redactor.redact(text)
+        return hit
+
+    memo.redact = redact
+    return memo
 
 
 def _flagged(table: pa.Table, kind: str, redactor: Any) -> np.ndarray:
