@@ -35,12 +35,13 @@ RULES = [
 SHARED = """
 - {name: global_opt_out, users: [shared_out]}
 - {name: recipes_only, task: recipe_answer, users: [other_task_out]}
+- {name: desk_only, task: support_answer, sessions: [s_desk]}
 """
 ALLOWED = {"i000000", "i000005", "i000010", "i000011"}
 
 
 def traffic(lake, settings) -> None:
-    """Twelve right answers (the judge gives each 1.0); which rule catches which is in the comments."""
+    """Thirteen right answers (the judge gives each 1.0); which rule catches which is in the comments."""
     write_segment(settings.landing_dir, "20261121T000000Z-p", [
         interaction(0, user_id="u1"),                                        # kept
         interaction(1, user_id="opt_out"),                                   # opted_out
@@ -54,6 +55,7 @@ def traffic(lake, settings) -> None:
         interaction(9, user_id="shared_out"),                                # global_opt_out (shared file)
         interaction(10, user_id="other_task_out"),                           # kept: that shared rule is another task's
         interaction(11),                                                     # kept: no user id is no match
+        interaction(12, session_id="s_desk"),                                # desk_only (shared, this task's)
     ])
     ingest_landing(lake, settings.landing_dir)
 
@@ -92,7 +94,7 @@ def test_each_rule_consent_and_the_shared_file_keep_interactions_out_and_are_cou
     task = task_config(curation={"min_reward": 0.8, "validation_fraction": 0.0},
                        golden_sets=[{"name": "prod", "from_production": {"size": 2, "min_reward": 0.9, "seed": 1}}],
                        privacy={"exclude": RULES})
-    assert [r.name for r in rules_for(task)] == [*(r["name"] for r in RULES), "global_opt_out"]
+    assert [r.name for r in rules_for(task)] == [*(r["name"] for r in RULES), "global_opt_out", "desk_only"]
     with dg.instance_for_test() as instance:
         assert run_task(lake, task, settings, instance).success
         golden = set(lake.read_arrow(task.table("golden__prod"))["interaction_id"].to_pylist())
@@ -101,10 +103,11 @@ def test_each_rule_consent_and_the_shared_file_keep_interactions_out_and_are_cou
         assert dataset == ALLOWED - golden  # every excluded one is in neither
         meta = latest(instance, "sft_dataset")
         counts = {"consent denied": 1, "consent unknown": 1, "excluded: opted_out": 2, "excluded: test_sessions": 1,
-                  "excluded: acme_contract": 1, "excluded: legacy_slow": 1, "excluded: global_opt_out": 1}
+                  "excluded: acme_contract": 1, "excluded: legacy_slow": 1, "excluded: global_opt_out": 1,
+                  "excluded: desk_only": 1}
         assert {k.removeprefix("removed: "): v for k, v in meta.items() if k.removeprefix("removed: ") in counts} \
             == counts
-        assert meta["excluded_by_privacy"] == 8 and meta["removed: held out for evaluation"] == 2
+        assert meta["excluded_by_privacy"] == 9 and meta["removed: held out for evaluation"] == 2
         assert "| excluded: legacy_slow | 1 |" in meta["privacy"]
         gmeta = latest(instance, "golden", "prod")
         assert {k: gmeta[f"removed: {k}"] for k in counts} == counts  # the golden set counts the same removals
@@ -138,7 +141,7 @@ def test_keep_excluded_for_monitoring_false_takes_rule_matches_out_of_the_sql_mo
     from .conftest import SQL_DIR
 
     traffic(lake, settings)
-    everything = {f"i{i:06d}" for i in range(12)}
+    everything = {f"i{i:06d}" for i in range(13)}
     label_task(lake, task_config(), [ProgrammaticVerifier(lambda item: (1.0, "right"), name="kb")])
     run_all(lake, SqlProject.load(SQL_DIR))
     project = SqlProject.load_task_models(SQL_DIR)
