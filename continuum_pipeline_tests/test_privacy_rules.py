@@ -226,7 +226,7 @@ def test_privacy_report_counts_pii_kinds_consent_rule_matches_and_deletions_per_
     from datetime import UTC, date, datetime
 
     from continuum_pipeline.cli import main
-    from continuum_pipeline.lake.schemas import TS
+    from continuum_pipeline.privacy.forget import RECEIPTS, RECEIPTS_TABLE
     from continuum_pipeline.privacy.report import privacy_report
 
     day1, day2 = "2026-11-20T09:00:00.000000Z", "2026-11-21T09:00:00.000000Z"
@@ -244,12 +244,17 @@ def test_privacy_report_counts_pii_kinds_consent_rule_matches_and_deletions_per_
     write_segment(settings.landing_dir, "20261121T000001Z-r", [  # a redelivery counts once
         interaction(0, ts=day1, prompt="mail <EMAIL>", redactions=email, user_id="opt_out")])
     ingest_landing(lake, settings.landing_dir)
-    receipts = pa.table({
-        "receipt_id": ["r1", "r2"], "requested_by": ["dpo", "retention"],
-        "completed_at": pa.array([datetime(2026, 11, 21, 10, tzinfo=UTC), datetime(2026, 11, 21, 11, tzinfo=UTC)], TS),
-        "kind": ["user", "retention"],
-        "rows_removed": [json.dumps({"interactions": 3, "feedback_events": 1}), json.dumps({"interactions": 5})]})
-    lake.replace_table("deletion_receipts", receipts)
+    # receipts as `continuum forget` and retention write them (hashed subjects only)
+    at = datetime(2026, 11, 21, 10, tzinfo=UTC)
+    lake.replace_table(RECEIPTS_TABLE, pa.Table.from_pylist([
+        {"receipt_id": "r1", "reason": "request", "task": None, "requested_by": "dpo", "requested_at": at,
+         "completed_at": at, "subjects": json.dumps([{"kind": "user", "subject_hash": "ab12"}]), "interactions": 2,
+         "tables": json.dumps({"interactions": {"rows_removed": 2}, "feedback_events": {"rows_removed": 2}}),
+         "rows_removed": 4, "affected_versions": json.dumps([{"model": "continuum-support", "version": "3"}])},
+        {"receipt_id": "r2", "reason": "retention", "task": None, "requested_by": "upkeep", "requested_at": at,
+         "completed_at": at, "subjects": json.dumps({"retention_days": 30}), "interactions": 5,
+         "tables": json.dumps({"interactions": {"rows_removed": 5}}), "rows_removed": 5,
+         "affected_versions": "[]"}], schema=RECEIPTS))
 
     task = task_config(privacy={"exclude": RULES})
     report = privacy_report(lake, [task], today=date(2026, 11, 21))
@@ -262,7 +267,7 @@ def test_privacy_report_counts_pii_kinds_consent_rule_matches_and_deletions_per_
     assert first["excluded"]["opted_out"] == 1 and second["excluded"]["legacy_slow"] == 1
     assert sum(d["excluded"]["test_sessions"] for d in report.days) == 0
     assert report.deletions == [{"day": date(2026, 11, 21), "task": None, "receipts": 2, "rows_removed": 9,
-                                 "what": "retention, user"}]
+                                 "what": "request (user), retention", "versions": "continuum-support@3"}]
     assert [d["day"].isoformat() for d in privacy_report(lake, [task], days=1, today=date(2026, 11, 21)).days] \
         == ["2026-11-21"]
     # no task instances: per captured task name, without rules
@@ -285,6 +290,26 @@ def test_privacy_report_counts_pii_kinds_consent_rule_matches_and_deletions_per_
     header, _, row1, row2, *rest = out.splitlines()
     assert header.split()[:6] == ["task", "day", "interactions", "consent", "granted", "denied"]
     assert row1.split()[:6] == ["support_answer", "2026-11-20", "3", "1", "1", "1"] and "2026-11-21" in row2
-    assert any("2026-11-21" in line and "retention, user" in line for line in rest)
+    assert any("2026-11-21" in line and "request (user), retention" in line for line in rest)
     assert main(["privacy", "report", "--task", "nope"]) == 1
     assert "no such task instance" in capsys.readouterr().err
+
+
+def test_the_report_counts_a_real_forget_and_no_longer_counts_the_forgotten(lake, settings):
+    from datetime import UTC, datetime
+
+    from continuum_pipeline.privacy.forget import run_forget, submit
+    from continuum_pipeline.privacy.report import privacy_report
+
+    traffic(lake, settings)
+    task = task_config(privacy={"exclude": RULES})
+    before = privacy_report(lake, [task])
+    assert sum(d["excluded"]["opted_out"] for d in before.days) == 2 and before.deletions == []
+    receipt = run_forget(lake, submit(settings.home, users=["opt_out"], requested_by="dpo"), home=settings.home,
+                         landing=settings.landing_dir)
+    after = privacy_report(lake, [task])
+    assert sum(d["excluded"]["opted_out"] for d in after.days) == 0  # the person is gone, not just excluded
+    assert sum(d["interactions"] for d in after.days) == sum(d["interactions"] for d in before.days) - 2
+    (deleted,) = after.deletions
+    assert deleted["day"] == datetime.now(UTC).date() and deleted["receipts"] == 1
+    assert deleted["rows_removed"] == receipt.rows_removed > 0 and deleted["what"] == "request (user)"

@@ -27,6 +27,8 @@ _WHEN = ("completed_at", "deleted_at", "finished_at", "requested_at", "created_a
 _WHAT = ("kind", "kinds", "subject_kind", "request_kind", "request", "reason", "what")
 _TASK = ("task",)
 _COUNTS = ("rows_removed", "rows_deleted", "removed_rows", "row_counts", "rows", "counts", "tables")
+_SUBJECTS = ("subjects",)  # JSON [{kind, subject_hash}]: the kinds asked (never the ids)
+_VERSIONS = ("affected_versions",)  # JSON [{model, version, …}]: the model versions the deletion touched
 
 
 @dataclass
@@ -51,9 +53,9 @@ class PrivacyReport:
         return headers, rows
 
     def deletions_table(self) -> tuple[list[str], list[list]]:
-        return (["day", "task", "receipts", "rows removed", "what was asked"],
-                [[d["day"].isoformat(), d["task"] or "(all)", d["receipts"], d["rows_removed"], d["what"]]
-                 for d in self.deletions])
+        return (["day", "task", "receipts", "rows removed", "what was asked", "model versions touched"],
+                [[d["day"].isoformat(), d["task"] or "(all)", d["receipts"], d["rows_removed"], d["what"],
+                  d["versions"]] for d in self.deletions])
 
     def markdown(self) -> str:
         parts = [_markdown(*self.table())]
@@ -190,6 +192,14 @@ def _total(value: Any) -> int:
     return 0
 
 
+def _json_list(value: Any) -> list:
+    try:
+        parsed = json.loads(value) if isinstance(value, str) else value
+    except ValueError:
+        return []
+    return parsed if isinstance(parsed, list) else []
+
+
 def _deletions(lake, task: str | None, since: date | None) -> tuple[list[dict], str | None]:
     if not lake.table_exists(RECEIPTS_TABLE):
         return [], "no deletions recorded (no deletion_receipts table)"
@@ -202,6 +212,8 @@ def _deletions(lake, task: str | None, since: date | None) -> tuple[list[dict], 
     what = next((c for c in _WHAT if c in names), None)
     task_col = next((c for c in _TASK if c in names), None)
     counts = next((c for c in _COUNTS if c in names), None)
+    subjects = next((c for c in _SUBJECTS if c in names), None)
+    versions = next((c for c in _VERSIONS if c in names), None)
     grouped: dict[tuple[date, str | None], dict] = {}
     for r in table.to_pylist():
         at = r[when]
@@ -212,12 +224,19 @@ def _deletions(lake, task: str | None, since: date | None) -> tuple[list[dict], 
         if since and day < since or task is not None and owner not in (None, task):
             continue
         entry = grouped.setdefault((day, owner), {"day": day, "task": owner, "receipts": 0, "rows_removed": 0,
-                                                  "what": set()})
+                                                  "what": set(), "versions": set()})
         entry["receipts"] += 1
         entry["rows_removed"] += _total(r[counts]) if counts else 0
-        if what and r[what] is not None:
-            entry["what"].add(r[what] if isinstance(r[what], str) else json.dumps(r[what], default=str))
+        asked = r[what] if what and r[what] is not None else None
+        kinds = sorted({s["kind"] for s in _json_list(r[subjects]) if isinstance(s, dict) and s.get("kind")}) \
+            if subjects else []
+        if asked is not None or kinds:
+            label = asked if isinstance(asked, str) else json.dumps(asked, default=str) if asked is not None else ""
+            entry["what"].add(f"{label} ({', '.join(kinds)})" if label and kinds else label or ", ".join(kinds))
+        for v in _json_list(r[versions]) if versions else []:
+            if isinstance(v, dict) and v.get("model") is not None:
+                entry["versions"].add(f"{v['model']}@{v.get('version')}")
     out = []
     for entry in sorted(grouped.values(), key=lambda e: (e["day"], e["task"] or "")):
-        out.append({**entry, "what": ", ".join(sorted(entry["what"]))})
+        out.append({**entry, "what": ", ".join(sorted(entry["what"])), "versions": ", ".join(sorted(entry["versions"]))})
     return out, None if counts else f"{RECEIPTS_TABLE} has no row-count column: rows removed shown as 0"
