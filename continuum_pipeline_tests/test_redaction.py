@@ -95,6 +95,12 @@ def test_a_card_followed_by_more_digits_is_still_found():
                               {"CREDIT_CARD": 2, "PHONE_NUMBER": 2})
 
 
+@pytest.mark.parametrize("number", ["+1 (415) 555-0132", "1-800-555-0199", "+44 (0)20 7946 0958", "0044 20 7946 0958",
+                                    "+14155550132", "(415)555-0132", "+81 3-1234-5678", "+55 11 91234-5678"])
+def test_more_phone_formats(number):
+    assert redactor().redact(f"tel. {number}, ext. 12") == ("tel. <PHONE>, ext. 12", {"PHONE_NUMBER": 1})
+
+
 def test_phone_numbers_written_with_no_break_spaces():
     text = "appelez le +33\u00a06\u00a012\u00a034\u00a056\u00a078 svp"
     assert redactor().redact(text) == ("appelez le <PHONE> svp", {"PHONE_NUMBER": 1})

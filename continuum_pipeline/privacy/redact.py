@@ -298,9 +298,13 @@ class Redactor:
                 chunk = text[a:b]
                 if sum(c.isdigit() for c in chunk) < 7:
                     continue
-                for match in phonenumbers.PhoneNumberMatcher(chunk, self.phone_region,
+                # `00` is the international prefix in most of the world (not in the default region US): read
+                # `0044 20 …` as `+44 20 …`, shifting offsets back by the one character saved.
+                shift = 1 if chunk.startswith("00") else 0
+                for match in phonenumbers.PhoneNumberMatcher("+" + chunk[2:] if shift else chunk, self.phone_region,
                                                              leniency=phonenumbers.Leniency.VALID):
-                    start, end = a + match.start, a + match.end
+                    start = a + (match.start + shift if match.start else 0)
+                    end = a + match.end + shift
                     if not _glued(text, start, end):
                         out.append((start, end, "PHONE_NUMBER"))
         return out
