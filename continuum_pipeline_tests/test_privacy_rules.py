@@ -159,6 +159,16 @@ def test_keep_excluded_for_monitoring_false_takes_rule_matches_out_of_the_sql_mo
         daily = lake.read_arrow(task.table("quality_daily"))
         assert sum(daily["interactions"].to_pylist()) == len(expected)
 
+    # the task's SQL assets bind the lake themselves
+    from continuum_pipeline.defs.flywheel.sql import task_models
+    from continuum_pipeline.defs.resources import resources_from_settings
+
+    lake.replace_table(task.table("interaction_rewards"), lake.read_arrow(task.table("interaction_rewards")).slice(0, 0))
+    with dg.instance_for_test() as instance:
+        assert dg.materialize(task_models(task, SQL_DIR), instance=instance,
+                              resources={"lake": resources_from_settings(settings)["lake"]}).success
+    assert set(lake.read_arrow(task.table("interaction_rewards"))["interaction_id"].to_pylist()) == expected
+
 
 def test_a_bad_predicate_is_named_at_check_time_and_at_materialization(lake, settings, tmp_path):
     from continuum_pipeline.task.doctor import check_tasks
