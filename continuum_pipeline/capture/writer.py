@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import copy
 import itertools
 import logging
 import os
@@ -98,6 +99,24 @@ class WriterConfig:
         s = get_settings()
         return cls(s.landing_dir, s.capture_queue_size, s.capture_segment_records, s.capture_flush_seconds,
                    s.capture_max_bytes)
+
+
+def memoized(redactor: Any) -> Any:
+    """A copy of the redactor whose redact() remembers one batch's texts: a chat's prompt is also its last message,
+    and apps repeat texts; a record costs the exact redactor once per distinct text (halves PII-rich batches)."""
+    memo = copy.copy(redactor)
+    seen: dict[str, tuple[str, dict[str, int]]] = {}
+
+    def redact(text: str) -> tuple[str, dict[str, int]]:  # callers only read the counts: one dict may be shared
+        hit = seen.get(text)
+        if hit is None:
+            hit = redactor.redact(text)
+            if hit[1]:  # only texts that held something: clean ones cost one scan anyway, and memory
+                seen[text] = hit
+        return hit
+
+    memo.redact = redact
+    return memo
 
 
 class LandingWriter:
@@ -238,7 +257,7 @@ class LandingWriter:
             try:
                 task = record.get("task") if isinstance(record.get("task"), str) else None
                 if task not in redactors:
-                    redactors[task] = self._redactor(task)
+                    redactors[task] = memoized(self._redactor(task))
                 found = redactors[task].redact_record(record)
                 if not found and record.get("redactions") == "{}":
                     record["redactions"] = None  # nothing found: no field (as at ingest), not an empty object

@@ -23,7 +23,6 @@ PII reaches Iceberg through any table. Redacting is idempotent: what the SDK alr
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import logging
@@ -52,6 +51,7 @@ from continuum_pipeline.capture.record import (
     LandingField,
     content_hash,
 )
+from continuum_pipeline.capture.writer import memoized
 from continuum_pipeline.lake.schemas import ARROW_TYPES, FEEDBACK_EVENTS, INTERACTIONS, QUARANTINE, TS
 
 log = logging.getLogger(__name__)
@@ -792,7 +792,7 @@ def redact_rows(table: pa.Table, kind: str, redactors: TaskRedactors | None = No
     memos: dict[int, Any] = {}
     for record in records:
         redactor = redactors.get(record.get("task") if kind == "interaction" else None)
-        memo = memos.get(id(redactor)) or memos.setdefault(id(redactor), _memoized(redactor))
+        memo = memos.get(id(redactor)) or memos.setdefault(id(redactor), memoized(redactor))
         memo.redact_record(record)
         if record["redactions"] == "{}":  # flagged, yet nothing found: no field, as for rows not flagged
             record["redactions"] = None
@@ -800,22 +800,6 @@ def redact_rows(table: pa.Table, kind: str, redactors: TaskRedactors | None = No
     rest = np.flatnonzero(~mask)
     order = np.argsort(np.concatenate([rest, picked]), kind="stable")
     return pa.concat_tables([table.take(pa.array(rest)), redacted]).take(pa.array(order))
-
-
-def _memoized(redactor: Any) -> Any:
-    """A copy of the redactor whose redact() remembers this batch's texts: a chat's prompt is also its last message,
-    and apps repeat texts; a row costs the exact redactor once per distinct text (halves PII-rich ingest)."""
-    memo = copy.copy(redactor)
-    seen: dict[str, tuple[str, dict[str, int]]] = {}
-
-    def redact(text: str) -> tuple[str, dict[str, int]]:  # callers only read the counts: one dict may be shared
-        hit = seen.get(text)
-        if hit is None:
-            hit = seen[text] = redactor.redact(text)
-        return hit
-
-    memo.redact = redact
-    return memo
 
 
 def _flagged(table: pa.Table, kind: str, redactor: Any) -> np.ndarray:
