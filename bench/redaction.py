@@ -9,7 +9,7 @@ built from our key formats (Presidio ships none). Measured:
   also redacts);
 - recall and precision per entity on the canary corpus (each canary in a sentence, JSON, a code block and
   punctuation) plus the negatives and generated support-desk texts, whose every detection is a false
-  positive. A detection counts as a hit when its entity is the canary's and its span covers the canary.
+  positive. A canary is found when detections of its entity overlap it and, masked, leave no trace of it.
 Writes bench/results/redaction.json. Run: `python bench/redaction.py` (needs the `bench` extra).
 """
 
@@ -112,8 +112,13 @@ def accuracy(find, negatives: list[str]) -> dict[str, dict[str, float]]:
         start, end = at, at + len(value)
         total[kind] += 1
         found = find(text)
-        hit = [s for s in found if s[2] == kind and s[0] <= start and s[1] >= end]
-        hits[kind] += bool(hit)
+        # A hit: detections of the canary's kind overlap it, and with them masked the value is gone (a URL's
+        # credentials are the secret, its host may stay; a card must be covered whole).
+        right = sorted(s for s in found if s[2] == kind and s[0] < end and s[1] > start)
+        masked = text
+        for s_, e_, _ in reversed(right):
+            masked = masked[:s_] + "\x00" + masked[e_:]
+        hits[kind] += bool(right) and value not in masked
         for s in found:
             if s[2] in detections:
                 detections[s[2]] += 1
