@@ -282,6 +282,12 @@ def test_flags_cover_user_patterns_and_deny_list_even_where_re2_cannot_run_them(
     plain = Redactor(kinds=(), patterns={"TICKET": r"SUP-\d{6}"}, deny_list=["Ada Quill", "#77"])  # RE2 runs these
     assert plain.flags(pa.array(texts)).tolist() == [True, True, True, True, False]
     assert Redactor(kinds=()).flags(pa.array(["x@example.com"])).tolist() == [False]
+    # Python's \d is Unicode, RE2's is ASCII: non-ASCII rows go to the exact pass when user patterns are set.
+    unicode_digits = Redactor(kinds=(), patterns={"TICKET": r"T-\d{3}"})
+    texts = ["T-\u0661\u0662\u0663", "T-12", "naïve"]
+    assert unicode_digits.redact(texts[0]) == ("<TICKET>", {"TICKET": 1})
+    assert unicode_digits.flags(pa.array(texts)).tolist() == [True, False, True]
+    _assert_flags_cover(unicode_digits, texts)
 
 
 # --- configuration ----------------------------------------------------------------------------------------------

@@ -412,6 +412,10 @@ class Redactor:
             # A user pattern RE2 cannot run (lookaround, backreference): fall back to the Python trigger per row.
             return np.fromiter((t is not None and self._could_hold(t) for t in texts.to_pylist()),
                                dtype=bool, count=len(texts))
+        if self._user:
+            # RE2's \d, \w, \s, \b are ASCII; Python's (which redact() runs) are Unicode: a user pattern may
+            # match more in non-ASCII text than RE2 sees, so such rows always go to the exact pass.
+            hits = pc.or_(hits, pc.invert(pc.string_is_ascii(texts)))
         return hits.fill_null(False).to_numpy(zero_copy_only=False)
 
     # --- record helpers ----------------------------------------------------------------------------------------
