@@ -25,8 +25,12 @@ How it works (additions to the contract):
   PEM private-key blocks), and `user:password@` in URLs.
 - Overlaps resolve deterministically: the longest span wins; on equal length, the more specific kind
   (DENIED, user patterns, SECRET, IBAN_CODE, CREDIT_CARD, US_SSN, EMAIL_ADDRESS, IP_ADDRESS, PHONE_NUMBER).
-- Idempotent: nothing overlapping an existing placeholder (`<EMAIL>`, `<NAME>` …) is replaced again, so a
-  redacted text redacts to itself and counts nothing.
+- Idempotent: nothing overlapping an existing placeholder (`<EMAIL>`, `<NAME>` …) is replaced again, and
+  redact() repeats its pass until nothing more is found (a replacement can free a neighbour that was glued
+  to it), so a redacted text redacts to itself and counts nothing.
+- Not covered (known gaps): SSNs written as 9 bare digits, IBANs in lower case, phone numbers in non-ASCII
+  digits, national-format numbers of regions other than CONTINUUM_REDACT_PHONE_REGION, AWS secret access
+  keys (40 characters with no prefix), personal names (no NER here; use the deny-list or a pattern).
 - Clean text costs one scan of a combined trigger regex (`TRIGGER`), the same pattern `flags` runs in RE2.
 - Versions stay: a dotted quad after `v`, `version`, `release` or `build` is not an IP address. Identifiers
   stay: a digit run glued to letters or a `-`/`/`-joined id (INV-2026-004512) is not a phone number.
