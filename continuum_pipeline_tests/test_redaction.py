@@ -101,6 +101,12 @@ def test_more_phone_formats(number):
     assert redactor().redact(f"tel. {number}, ext. 12") == ("tel. <PHONE>, ext. 12", {"PHONE_NUMBER": 1})
 
 
+def test_ibans_typed_in_lower_case_and_followed_by_words():
+    text = "pay to de24 3411 6339 7359 2960 37 asap, or nl30whwh8189192863 THEN; not de00 1234 5678 9012 3456 78"
+    assert redactor().redact(text) == ("pay to <IBAN> asap, or <IBAN> THEN; not de00 1234 5678 9012 3456 78",
+                                       {"IBAN_CODE": 2})
+
+
 def test_phone_numbers_written_with_no_break_spaces():
     text = "appelez le +33\u00a06\u00a012\u00a034\u00a056\u00a078 svp"
     assert redactor().redact(text) == ("appelez le <PHONE> svp", {"PHONE_NUMBER": 1})

@@ -28,7 +28,7 @@ How it works (additions to the contract):
 - Idempotent: nothing overlapping an existing placeholder (`<EMAIL>`, `<NAME>` …) is replaced again, and
   redact() repeats its pass until nothing more is found (a replacement can free a neighbour that was glued
   to it), so a redacted text redacts to itself and counts nothing.
-- Not covered (known gaps): SSNs written as 9 bare digits, IBANs in lower case, phone numbers in non-ASCII
+- Not covered (known gaps): SSNs written as 9 bare digits, phone numbers in non-ASCII
   digits, national-format numbers of regions other than CONTINUUM_REDACT_PHONE_REGION, AWS secret access
   keys (40 characters with no prefix), personal names (no NER here; use the deny-list or a pattern).
 - Clean text costs one scan of a combined trigger regex (`TRIGGER`), the same pattern `flags` runs in RE2.
@@ -101,7 +101,7 @@ _EMAIL = re.compile(r"(?<![\w.%+\-])[A-Za-z0-9][A-Za-z0-9._%+\-]*@[A-Za-z0-9](?:
                     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,24}(?![\w\-]|\.[A-Za-z0-9])")
 # Digits with optional single separators; the validator checks length, separators and the checksum.
 _CARD = re.compile(r"(?<![\w\-.])[2-6](?:[ .\-]?[0-9]){12,18}(?![\w\-]|[.][0-9])")
-_IBAN = re.compile(r"(?<![\w\-])[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![\w\-])")
+_IBAN = re.compile(r"(?<![\w\-])[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?(?![\w\-])", re.IGNORECASE)
 _SSN = re.compile(r"(?<![\w\-.])([0-9]{3})([ \-])([0-9]{2})\2([0-9]{4})(?![\w\-]|[.][0-9])")
 _IPV4 = re.compile(r"(?<![\w.])(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?![\w]|\.[0-9])")
 _IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:[0-9]{1,3}\.){3}[0-9]{1,3})?"
