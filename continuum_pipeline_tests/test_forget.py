@@ -108,12 +108,19 @@ def _others(lake) -> dict[str, int]:
 
 
 def full_scan(settings, lake) -> dict[str, list[str]]:
-    """Where Alice still is: catalog tables (rows), every Parquet file under the warehouse (read with pyarrow,
+    """Where Alice still is: catalog tables (rows and manifest column bounds), every Parquet file under the warehouse (read with pyarrow,
     not through the catalog), every file under landing (archive, failed, .tmp too) and the training copies."""
     found: dict[str, list[str]] = {"catalog": [], "parquet": [], "landing": [], "local": []}
     for name in _tables(lake):
         if name not in fg.PRIVACY_TABLES and _holds_alice(lake.read_arrow(name).to_pylist()):
             found["catalog"].append(name)
+        table = lake.table(name)  # manifests keep min/max column values of every file they list, deleted ones too
+        for snapshot in table.snapshots():
+            for manifest in snapshot.manifests(table.io):
+                for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=False):
+                    if ALICE.encode() in b"".join((entry.data_file.lower_bounds or {}).values()) + b"".join(
+                            (entry.data_file.upper_bounds or {}).values()):
+                        found["catalog"].append(f"{name}: manifest bounds")
     warehouse = Path(settings.warehouse.removeprefix("file://"))
     for path in warehouse.rglob("*.parquet"):
         if _holds_alice(pq.read_table(path).to_pylist()):
@@ -392,3 +399,51 @@ def test_cli_forget_killed_mid_way_and_resumed(settings, lake):
     assert full_scan(settings, lake) == {"catalog": [], "parquet": [], "landing": [], "local": []}
     assert not fg.pending(settings.home)
     assert load_tombstones(lake).cutoff("user", ALICE) is not None
+
+
+def test_privacy_upkeep_job_finishes_an_interrupted_forget(settings, lake):
+    import dagster as dg
+
+    from continuum_pipeline.defs.ingest.assets import ingest_landing_segments
+    from continuum_pipeline.defs.privacy import privacy_upkeep_job
+    from continuum_pipeline.defs.resources import resources_from_settings
+
+    build_world(settings, lake)
+
+    def crash(event: str, info: dict) -> None:
+        if event == "landing":
+            raise RuntimeError("injected crash")
+
+    request = fg.submit(settings.home, users=[ALICE])
+    with pytest.raises(RuntimeError, match="injected crash"):
+        fg.run_forget(lake, request, home=settings.home, landing=settings.landing_dir,
+                      tracking_uri=settings.mlflow_uri, progress=crash)
+    resources = resources_from_settings(settings)
+    with dg.instance_for_test() as instance:
+        assert privacy_upkeep_job.execute_in_process(instance=instance, resources=resources).success
+        assert not fg.pending(settings.home)
+        assert full_scan(settings, lake) == {"catalog": [], "parquet": [], "landing": [], "local": []}
+        # her old rows dropped into landing again: the ingest asset says it dropped them, not quarantined them
+        write_segment(settings.landing_dir, "20261120T060000Z-again", [_record(1), interaction(70, user_id="hal-7")])
+        result = dg.materialize([ingest_landing_segments], instance=instance, resources=resources)
+        [meta] = [m.metadata for m in result.asset_materializations_for_node("ingest_landing_segments")
+                  if m.asset_key == dg.AssetKey("interactions")]
+        # i1 dropped; appended: hal and the waiting segment's Bob and Carol (its Alice lines were scrubbed)
+        assert meta["rows_forgotten"].value == 1 and meta["rows_appended"].value == 3
+
+
+def test_forget_by_session_and_by_interaction_removes_only_those(settings, lake):
+    write_segment(settings.landing_dir, "20261120T000000Z-s", [
+        interaction(1, session_id="s-a", user_id="u1"), interaction(2, session_id="s-a", user_id="u1"),
+        interaction(3, session_id="s-b", user_id="u1"), interaction(4, session_id="s-c", user_id="u2"),
+        feedback(1, "i000002"), feedback(2, "i000004"), feedback(3, "i000003")])
+    ingest_landing(lake, settings.landing_dir)
+
+    receipt = _forget(settings, lake, sessions=["s-a"], interactions=["i000004"])
+
+    assert sorted(lake.read_arrow("interactions")["interaction_id"].to_pylist()) == ["i000003"]
+    assert lake.read_arrow("feedback_events")["interaction_id"].to_pylist() == ["i000003"]
+    assert receipt.tables["interactions"]["rows_removed"] == 3 and receipt.tables["feedback_events"]["rows_removed"] == 2
+    assert sorted(s["kind"] for s in json.loads(receipt.row["subjects"])) == ["interaction", "session"]
+    archived = (settings.landing_dir / ARCHIVE_DIR / "20261120T000000Z-s.jsonl").read_text()
+    assert '"i000003"' in archived and not any(f'"i00000{i}"' in archived for i in (1, 2, 4))

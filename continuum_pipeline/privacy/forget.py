@@ -248,7 +248,7 @@ def run_forget(lake: Lake, request: ForgetRequest, *, home: Path, landing: Path,
     physical = st.setdefault("physical", {})
     for name in targets:
         if name not in physical:
-            physical[name] = purge_table(lake, name, matcher)
+            physical[name] = purge_table(lake, name, matcher, request.receipt_id)
             done(f"purged:{name}", **physical[name])
     # A writer that read the lake before the fence (a SQL model, a dataset) may have committed since: check again.
     for name, info in targets.items():
@@ -256,7 +256,7 @@ def run_forget(lake: Lake, request: ForgetRequest, *, home: Path, landing: Path,
         if removed:
             info.update(rows_removed=info["rows_removed"] + removed,
                         files_rewritten=info["files_rewritten"] + rewritten)
-            more = purge_table(lake, name, matcher)
+            more = purge_table(lake, name, matcher, request.receipt_id)
             physical[name] = {k: physical[name].get(k, 0) + v for k, v in more.items()}
             log.warning("forget %s: %d rows of the subject reappeared in %s (a concurrent writer) and were deleted",
                         request.receipt_id, removed, name)
@@ -452,13 +452,15 @@ def _files_removed(table, since: int) -> int:
     return removed
 
 
-def purge_table(lake: Lake, name: str, matcher: SubjectMatcher) -> dict[str, int]:
-    """Make the deletion physical: expire every older snapshot (their files go), then delete unreferenced data
-    files that still hold the subject. Such a file belongs to a write that read the lake before the fence and
-    can no longer commit, so it is safe at any age; other orphans wait for upkeep's age rule (a writer may be
-    about to commit them)."""
+def purge_table(lake: Lake, name: str, matcher: SubjectMatcher, receipt_id: str) -> dict[str, int]:
+    """Make the deletion physical: seal, expire every older snapshot (their files go), then delete unreferenced
+    data files that still hold the subject. Such a file belongs to a write that read the lake before the fence
+    and can no longer commit, so it is safe at any age; other orphans wait for upkeep's age rule (a writer may be
+    about to commit them). The seal is an empty append: it leaves out the manifests that only list the deleted
+    files, whose column bounds (min/max user_id, …) would otherwise keep the ids in the current metadata."""
     from continuum_pipeline.lake.maintenance import expire_all_but_current, unreferenced_files
 
+    _fence(lake, name, receipt_id)
     table = lake.table(name)
     expired, deleted = expire_all_but_current(table)
     table = lake.table(name)

@@ -41,6 +41,7 @@ def ingest_landing_segments(context: dg.AssetExecutionContext, lake: LakeResourc
             "dagster/column_schema": column_schema(LAYOUTS[key].schema, _COLUMN_DOCS),
             "rows_appended": commit.rows if commit else 0,
             "rows_already_present": commit.skipped_rows if commit else 0,
+            "rows_forgotten": commit.forgotten_rows if commit else 0,  # of forgotten subjects: dropped, not quarantined
             "snapshot_id": str(commit.snapshot_id) if commit and commit.snapshot_id else "",
             "segments": len(report.segments),
             "segments_waiting": report.remaining_segments,
@@ -59,6 +60,9 @@ def _summary(key: str, report) -> str:
              f"{report.fast_path_segments} clean segments on the fast path)."]
     if commit and commit.skipped_rows:
         lines.append(f"{commit.skipped_rows} rows were already in the table (an interrupted run, or a concurrent one, committed them): skipped.")
+    if commit and commit.forgotten_rows:
+        lines.append(f"{commit.forgotten_rows} rows belong to subjects forgotten since they were captured "
+                     "(deletion tombstones): dropped, not quarantined.")
     if report.remaining_segments:
         lines.append(f"{report.remaining_segments} more segments wait for the next run.")
     if report.failed_segments:
