@@ -67,7 +67,8 @@ class Settings:
                                -IP_ADDRESS,-PHONE_NUMBER,… (removals); a task's privacy.redaction.disable adds to it
       CONTINUUM_REDACT_PATTERNS  JSON object NAME → regex of extra entities, redacted as <NAME>
       CONTINUUM_REDACT_DENY_FILE  UTF-8 file of exact strings, one per line, redacted as <DENIED>
-      CONTINUUM_REDACT_PHONE_REGION  region for phone numbers written without +country (default US)
+      CONTINUUM_REDACT_PHONE_REGION  region(s) for phone numbers written without +country: US (default) or a
+                               comma list such as US,GB
       (the CONTINUUM_REDACT_* variables are read by continuum_pipeline.privacy.redact, stdlib + validators only)
     """
 

@@ -320,7 +320,8 @@ def test_kinds_from_the_environment(monkeypatch):
     ("CONTINUUM_REDACT_PATTERNS", '{"EMAIL_ADDRESS": "x"}', "is a built-in kind"),
     ("CONTINUUM_REDACT_PATTERNS", '{"ANY": "a*"}', "matches the empty string"),
     ("CONTINUUM_REDACT_DENY_FILE", "/nonexistent/deny.txt", "CONTINUUM_REDACT_DENY_FILE=.* cannot be read"),
-    ("CONTINUUM_REDACT_PHONE_REGION", "XX", "CONTINUUM_REDACT_PHONE_REGION='XX' is not a region"),
+    ("CONTINUUM_REDACT_PHONE_REGION", "XX", "CONTINUUM_REDACT_PHONE_REGION='XX': XX is not a region"),
+    ("CONTINUUM_REDACT_PHONE_REGION", "US, UK", "CONTINUUM_REDACT_PHONE_REGION='US, UK': UK is not a region"),
 ])
 def test_bad_settings_name_the_variable_and_the_fix(monkeypatch, variable, value, message):
     monkeypatch.setenv(variable, value)
@@ -342,6 +343,9 @@ def test_patterns_deny_file_and_phone_region_from_the_environment(monkeypatch, t
     assert redactor().redact(uk)[1] == {}
     monkeypatch.setenv("CONTINUUM_REDACT_PHONE_REGION", "gb")
     assert redactor().redact(uk) == ("ring <PHONE> today", {"PHONE_NUMBER": 1})
+    assert redactor().redact("or 212-555-0144")[1] == {}  # a US national number is no GB number
+    monkeypatch.setenv("CONTINUUM_REDACT_PHONE_REGION", "US,GB")
+    assert redactor().redact(uk + " or 212-555-0144") == ("ring <PHONE> today or <PHONE>", {"PHONE_NUMBER": 2})
 
 
 def test_a_tasks_redaction_section_merges_with_the_settings(monkeypatch):

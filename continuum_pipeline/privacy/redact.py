@@ -29,7 +29,7 @@ How it works (additions to the contract):
   redact() repeats its pass until nothing more is found (a replacement can free a neighbour that was glued
   to it), so a redacted text redacts to itself and counts nothing.
 - Not covered (known gaps): SSNs written as 9 bare digits, phone numbers in non-ASCII
-  digits, national-format numbers of regions other than CONTINUUM_REDACT_PHONE_REGION, AWS secret access
+  digits, national-format numbers of regions not in CONTINUUM_REDACT_PHONE_REGION, AWS secret access
   keys (40 characters with no prefix), personal names (no NER here; use the deny-list or a pattern).
 - Clean text costs one scan of a combined trigger regex (`TRIGGER`), the same pattern `flags` runs in RE2.
 - Versions stay: a dotted quad after `v`, `version`, `release` or `build` is not an IP address. Identifiers
@@ -39,7 +39,8 @@ Settings (environment, read here so the SDK path needs no other module):
   CONTINUUM_REDACT_KINDS         all (default) | none | EMAIL_ADDRESS,SECRET,… | -IP_ADDRESS,-PHONE_NUMBER,…
   CONTINUUM_REDACT_PATTERNS      JSON object NAME → regular expression (Python syntax), e.g. {"TICKET": "T-\\d{6}"}
   CONTINUUM_REDACT_DENY_FILE     a UTF-8 file of exact strings to redact as <DENIED>, one per line
-  CONTINUUM_REDACT_PHONE_REGION  region for numbers written without +country (default US)
+  CONTINUUM_REDACT_PHONE_REGION  region(s) for numbers written without +country: US (default) or a comma list,
+                                 e.g. US,GB (each region added also adds its false positives: 5-digit ids …)
 """
 
 from __future__ import annotations
@@ -209,6 +210,7 @@ class Redactor:
         self.patterns = dict(sorted((patterns or {}).items()))
         self.deny_list = tuple(sorted({s for s in deny_list if s}, key=lambda s: (-len(s), s)))
         self.phone_region = phone_region
+        self._regions = tuple(r.strip().upper() for r in phone_region.split(",") if r.strip())
         self._user = [(name, _compile_pattern(name, rx, "patterns")) for name, rx in self.patterns.items()]
         self._deny = re.compile("|".join(
             (r"(?<!\w)" if s[0].isalnum() or s[0] == "_" else "") + re.escape(s)
@@ -305,12 +307,13 @@ class Redactor:
                 # `00` is the international prefix in most of the world (not in the default region US): read
                 # `0044 20 …` as `+44 20 …`, shifting offsets back by the one character saved.
                 shift = 1 if chunk.startswith("00") else 0
-                for match in phonenumbers.PhoneNumberMatcher("+" + chunk[2:] if shift else chunk, self.phone_region,
-                                                             leniency=phonenumbers.Leniency.VALID):
-                    start = a + (match.start + shift if match.start else 0)
-                    end = a + match.end + shift
-                    if not _glued(text, start, end):
-                        out.append((start, end, "PHONE_NUMBER"))
+                for region in self._regions:
+                    for match in phonenumbers.PhoneNumberMatcher("+" + chunk[2:] if shift else chunk, region,
+                                                                 leniency=phonenumbers.Leniency.VALID):
+                        start = a + (match.start + shift if match.start else 0)
+                        end = a + match.end + shift
+                        if not _glued(text, start, end):
+                            out.append((start, end, "PHONE_NUMBER"))
         return out
 
     def _resolve(self, text: str, spans: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
@@ -603,7 +606,8 @@ def redactor(task_spec: Any = None) -> Redactor:
     add to the settings' (a task pattern replaces a setting's pattern of the same name)."""
     kinds = parse_kinds(os.environ.get("CONTINUUM_REDACT_KINDS"))
     patterns = _env_patterns(os.environ.get("CONTINUUM_REDACT_PATTERNS"))
-    region = (os.environ.get("CONTINUUM_REDACT_PHONE_REGION") or DEFAULT_PHONE_REGION).strip().upper()
+    raw_region = os.environ.get("CONTINUUM_REDACT_PHONE_REGION") or DEFAULT_PHONE_REGION
+    region = ",".join(r.strip().upper() for r in raw_region.split(",") if r.strip()) or DEFAULT_PHONE_REGION
     deny_path = os.environ.get("CONTINUUM_REDACT_DENY_FILE") or None
     disable, task_patterns, task_deny = _task_section(task_spec)
     deny_stamp = None
@@ -620,9 +624,10 @@ def redactor(task_spec: Any = None) -> Redactor:
         return cached
     import phonenumbers
 
-    if region not in phonenumbers.SUPPORTED_REGIONS:
-        raise RedactionConfigError(f"CONTINUUM_REDACT_PHONE_REGION={region!r} is not a region phonenumbers knows; "
-                                   "use a two-letter country code such as US, GB or DE")
+    unknown = [r for r in region.split(",") if r not in phonenumbers.SUPPORTED_REGIONS]
+    if unknown:
+        raise RedactionConfigError(f"CONTINUUM_REDACT_PHONE_REGION={raw_region!r}: {', '.join(unknown)} is not a region "
+                                   "phonenumbers knows; use two-letter country codes such as US, GB or DE")
     built = Redactor(kinds - disable, {**patterns, **task_patterns}, (*_deny_file(deny_path), *task_deny), region)
     with _LOCK:
         if len(_CACHE) > 64:
