@@ -12,6 +12,10 @@ Decisions the corpus pins down:
 - A bare 9-digit run is not an SSN (too many order and account numbers look like one); SSNs are
   written `AAA-GG-SSSS` or `AAA GG SSSS`.
 - Phone numbers without a `+country` prefix are read in the default region (US).
+- In a URL, `user:password` is the secret; the host stays (the canary's full value still disappears).
+
+`support_desk_texts()` generates what the example app says and is told (it imports the scenario, which
+tests may): none of it may change.
 """
 
 from __future__ import annotations
