@@ -244,3 +244,24 @@ def test_the_support_desk_curates_to_the_same_dataset_with_redaction_on_and_off(
     assert len(curated["all"]) > 100
     assert redacted["all"] == []  # the redactor found nothing in the desk's texts
     assert curated["all"] == curated["none"]  # the same training rows, so the same learning curve
+
+
+def test_the_scan_finds_a_canary_in_compressed_parquet_escaped_json_and_sqlite(tmp_path):
+    """The whole-loop scan can fail: a canary in a zstd Parquet page, a PEM key JSON-escaped, an email in a
+    SQLite page are each found; a placeholder is not a leak."""
+    import sqlite3
+
+    import pyarrow as pa
+
+    from .pii_canaries import PEM_KEY
+
+    pq.write_table(pa.table({"x": [f"card {CANARIES['CREDIT_CARD'][1]} here"]}), tmp_path / "a.parquet",
+                   compression="zstd")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"config": PEM_KEY}))
+    with sqlite3.connect(tmp_path / "c.db") as con:
+        con.execute("create table t (x text)")
+        con.execute("insert into t values (?)", (CANARIES["EMAIL_ADDRESS"][0],))
+    con.close()
+    (tmp_path / "clean.txt").write_text("mail <EMAIL>, card <CARD>")
+    leaks, scanned = scan_home(tmp_path)
+    assert sorted(leaks) == ["a.parquet", "b.jsonl", "c.db"] and scanned == {"parquet": 1, "other": 3, "weights": 0}
