@@ -447,3 +447,21 @@ def test_forget_by_session_and_by_interaction_removes_only_those(settings, lake)
     assert sorted(s["kind"] for s in json.loads(receipt.row["subjects"])) == ["interaction", "session"]
     archived = (settings.landing_dir / ARCHIVE_DIR / "20261120T000000Z-s.jsonl").read_text()
     assert '"i000003"' in archived and not any(f'"i00000{i}"' in archived for i in (1, 2, 4))
+
+
+def test_rows_a_stale_writer_brings_back_are_swept_by_the_upkeep(settings, lake):
+    """A SQL model or dataset run that read the lake before the deletion commits after it: the privacy upkeep's
+    sweep finds the rows by their tombstones and forgets them again, physically."""
+    world = build_world(settings, lake)
+    table = world["task"].table("sft_candidates")
+    stale = lake.read_arrow(table)
+    _forget(settings, lake, users=[ALICE])
+    lake.replace_table(table, stale)  # the stale run commits
+    assert full_scan(settings, lake)["catalog"] == [table]
+
+    receipt = fg.sweep_tombstones(lake, settings.home, settings.landing_dir, settings.mlflow_uri)
+
+    assert receipt is not None and receipt.row["reason"] == "sweep"
+    assert receipt.tables[table]["rows_removed"] == 4
+    assert full_scan(settings, lake) == {"catalog": [], "parquet": [], "landing": [], "local": []}
+    assert fg.sweep_tombstones(lake, settings.home, settings.landing_dir) is None  # nothing left to find

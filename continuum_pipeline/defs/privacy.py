@@ -76,10 +76,11 @@ def forget_job():
     forget()
 
 
-@dg.op(description="Finishes interrupted deletions and applies each task's `privacy.retention_days`.")
+@dg.op(description="Finishes interrupted deletions, forgets again rows of forgotten subjects that came back, and "
+                   "applies each task's `privacy.retention_days`.")
 def privacy_upkeep(context: dg.OpExecutionContext, lake: LakeResource, landing: LandingResource,
                    mlflow: MLflowResource, flywheel: FlywheelResource) -> None:
-    from continuum_pipeline.privacy.forget import finish_pending
+    from continuum_pipeline.privacy.forget import finish_pending, sweep_tombstones
     from continuum_pipeline.privacy.retention import apply_retention
     from continuum_pipeline.settings import get_settings
     from continuum_pipeline.task.config import load_task_config
@@ -87,6 +88,11 @@ def privacy_upkeep(context: dg.OpExecutionContext, lake: LakeResource, landing: 
     the_lake = lake.lake()
     for receipt in finish_pending(the_lake, flywheel.home, landing.path, mlflow.tracking_uri, _progress(context)):
         context.log_event(_receipt_event(receipt))
+    swept = sweep_tombstones(the_lake, flywheel.home, landing.path, mlflow.tracking_uri, _progress(context))
+    if swept is not None:
+        context.log.warning(f"{swept.row['interactions']} interactions of forgotten subjects had come back (a writer "
+                            f"that read the lake before a deletion) and were forgotten again: {swept.receipt_id}")
+        context.log_event(_receipt_event(swept))
     for path in _task_files(get_settings().tasks):
         task = load_task_config(path)
         result = apply_retention(the_lake, task, home=flywheel.home, landing=landing.path,

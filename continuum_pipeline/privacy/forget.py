@@ -62,7 +62,7 @@ RECEIPT_TAG = "continuum.deletion_receipt"
 
 RECEIPTS = pa.schema([
     pa.field("receipt_id", pa.string()),
-    pa.field("reason", pa.string()),  # request | retention
+    pa.field("reason", pa.string()),  # request | retention | sweep (rows that came back, forgotten again)
     pa.field("task", pa.string()),  # retention: the task whose policy deleted
     pa.field("requested_by", pa.string()),
     pa.field("requested_at", TS),
@@ -96,7 +96,7 @@ class ForgetRequest:
     interactions: list[str] = field(default_factory=list)
     requested_by: str = ""
     requested_at: str = ""  # ISO-8601 UTC: the tombstones' forget time
-    reason: str = "request"  # request | retention
+    reason: str = "request"  # request | retention | sweep
     task: str | None = None
     retention: dict = field(default_factory=dict)  # retention: {"days", "cutoff"}
     state: dict = field(default_factory=dict)  # the steps done so far (see the module docstring)
@@ -601,9 +601,11 @@ def _write_receipt(lake: Lake, request: ForgetRequest) -> Receipt:
     affected = st.get("affected_versions", [])
     champions = sorted({a["model"] for a in affected if a["via"] and "champion" in a["aliases"]})
     tables = {name: {k: v for k, v in info.items() if k != "deleted"} for name, info in st["tables"].items()}
-    if request.reason == "retention":
-        subjects: object = {"retention_days": request.retention.get("days"), "cutoff": request.retention.get("cutoff"),
-                            "interactions": len(st.get("interaction_ids", []))}
+    if request.reason == "sweep":
+        subjects: object = {"interactions": len(st.get("interaction_ids", []))}
+    elif request.reason == "retention":
+        subjects = {"retention_days": request.retention.get("days"), "cutoff": request.retention.get("cutoff"),
+                    "interactions": len(st.get("interaction_ids", []))}
     else:
         subjects = [{"kind": kind, "subject_hash": subject_hash(kind, value)} for kind, value in request.subjects()]
     row = {
@@ -646,3 +648,37 @@ def read_receipts(lake: Lake) -> list[dict]:
     if not lake.table_exists(RECEIPTS_TABLE):
         return []
     return sorted(lake.read_arrow(RECEIPTS_TABLE).to_pylist(), key=lambda r: r["completed_at"])
+
+
+# --- the sweep ---------------------------------------------------------------------------------------------
+
+def sweep_tombstones(lake: Lake, home: Path, landing: Path, tracking_uri: str | None = None,
+                     progress: Progress | None = None) -> Receipt | None:
+    """Forget again whatever came back: rows that match a tombstone in any table (a derived table written by a
+    run that read the lake before a deletion, e.g. a SQL model or a dataset committing after forget ended).
+    Tables with `ts` match every tombstone kind up to its forget time; tables without match interaction
+    tombstones only (a returning user's later rows there cannot be told apart). Runs on the privacy upkeep."""
+    from pyiceberg.types import TimestamptzType
+
+    from continuum_pipeline.privacy.tombstones import Tombstones, load_tombstones
+
+    tombstones = load_tombstones(lake)
+    if not tombstones:
+        return None
+    by_interaction = Tombstones({"interaction": tombstones.by_kind.get("interaction", {})})
+    ids: set[str] = set()
+    for name in _personal_tables(lake):
+        table = lake.table(name)
+        columns = table.schema().column_names
+        if "interaction_id" not in columns or table.current_snapshot() is None:
+            continue
+        timed = "ts" in columns and isinstance(table.schema().find_field("ts").field_type, TimestamptzType)
+        fields = tuple(c for c in ID_COLUMNS if c in columns) + (("ts",) if timed else ())
+        rows = table.scan(selected_fields=fields).to_arrow()
+        mask = tombstones.mask(rows) if timed else by_interaction.mask(rows)
+        ids |= {i for i in rows.filter(mask)["interaction_id"].to_pylist() if i}
+    if not ids:
+        return None
+    log.warning("tombstone sweep: %d interactions of forgotten subjects were back in the lake; forgetting them", len(ids))
+    request = submit(home, interactions=sorted(ids), requested_by="tombstone sweep", reason="sweep")
+    return run_forget(lake, request, home=home, landing=landing, tracking_uri=tracking_uri, progress=progress)
