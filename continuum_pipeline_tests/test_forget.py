@@ -79,6 +79,12 @@ def build_world(settings, lake) -> dict:
     with_alice = lake.replace_table(task.table("sft_dataset"), dataset)
     without_alice = lake.replace_table(task.table("sft_dataset"), dataset.filter(
         pa.compute.invert(pa.compute.is_in(dataset["interaction_id"], pa.array(sorted(_alice_ids(12)))))))
+    from continuum_pipeline.curation.embeddings import text_hash, user_turn
+
+    texts = {text_hash(user_turn(m)) for m in candidates["messages"].to_pylist()}  # the embeddings cache's keys
+    lake.replace_table(task.table("embeddings"), pa.table({
+        "text_hash": sorted(texts), "embedder": ["test@1"] * len(texts),
+        "vector": pa.array([[0.5, 0.5]] * len(texts), pa.list_(pa.float32()))}))
     golden = candidates.select(["interaction_id", "messages"]).slice(0, 4)  # holds i000001 (Alice) and i000004
     lake.replace_table(task.table("golden__prod"), golden, {"continuum.golden-version": GOLDEN_VERSION})
     run_dir = settings.home / "tasks" / task.name / "runs" / "r1"
@@ -163,6 +169,8 @@ def test_forget_removes_the_user_everywhere_physically_and_keeps_everyone_else(s
     assert tables[world["task"].table("golden__prod")]["rows_removed"] == 2
     assert tables[world["task"].table("reward_labels")]["rows_removed"] == 4
     assert {"stg_interactions", world["task"].table("sft_candidates")} <= set(tables)
+    assert tables[world["task"].table("embeddings")]["rows_removed"] == 4  # her texts' cached vectors
+    assert lake.read_arrow(world["task"].table("embeddings")).num_rows == 8  # everyone else's stay
     for name, t in tables.items():
         table = lake.table(name)
         assert t["snapshot_after"] == table.current_snapshot().snapshot_id

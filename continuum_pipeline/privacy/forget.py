@@ -230,8 +230,10 @@ def run_forget(lake: Lake, request: ForgetRequest, *, home: Path, landing: Path,
     if "affected" not in st:
         st["affected_versions"] = _affected(lake, tracking_uri, ids)
         st["copy_lines"] = _dataset_line_hashes(lake, ids)  # sha256 of the JSONL lines training wrote
+        st["text_hashes"] = _embedded_text_hashes(lake, ids)
         done("affected", versions=len(st["affected_versions"]))
-    matcher = SubjectMatcher(request.users, request.sessions, set(request.interactions) | set(ids), at)
+    matcher = SubjectMatcher(request.users, request.sessions, set(request.interactions) | set(ids), at,
+                             set(st.get("text_hashes", [])))
     for name, info in targets.items():
         if info.get("deleted"):
             continue
@@ -281,6 +283,7 @@ class SubjectMatcher:
     sessions: list[str]
     interactions: set[str]
     forgotten_at: datetime
+    text_hashes: set[str] = field(default_factory=set)  # embeddings cache rows: keyed by the text's hash only
 
     def __post_init__(self) -> None:
         self._users, self._sessions = set(self.users), set(self.sessions)
@@ -296,14 +299,15 @@ class SubjectMatcher:
         from pyiceberg.expressions import In
 
         columns = set(columns)
-        return [In(column, sorted(values)) for column, values in (
-            ("user_id", self._users), ("session_id", self._sessions), ("interaction_id", self.interactions))
-            if column in columns and values]
+        return [In(column, sorted(values)) for column, values in self._columns() if column in columns and values]
+
+    def _columns(self) -> tuple:
+        return (("user_id", self._users), ("session_id", self._sessions), ("interaction_id", self.interactions),
+                ("text_hash", self.text_hashes))
 
     def arrow_mask(self, rows: pa.Table) -> pa.Array:
         mask = pa.array([False] * rows.num_rows)
-        for column, values in (("user_id", self._users), ("session_id", self._sessions),
-                               ("interaction_id", self.interactions)):
+        for column, values in self._columns():
             if column in rows.column_names and values:
                 hit = pc.fill_null(pc.is_in(rows[column], value_set=pa.array(sorted(values), pa.string())), False)
                 mask = pc.or_(mask, hit)
@@ -364,7 +368,7 @@ def _personal_tables(lake: Lake) -> list[str]:
         if name in PRIVACY_TABLES:
             continue
         columns = set(lake.table(name).schema().column_names)
-        if columns & set(ID_COLUMNS) or name == "quarantine":
+        if columns & {*ID_COLUMNS, "text_hash"} or name == "quarantine":
             found.append(name)
     return found
 
@@ -412,7 +416,7 @@ def _delete(lake: Lake, name: str, row_filter, matcher: SubjectMatcher, receipt_
         if expression is None:
             return 0, 0
         first_col = "segment" if name == "quarantine" else next(
-            c for c in ID_COLUMNS if c in table.schema().column_names)
+            c for c in (*ID_COLUMNS, "text_hash") if c in table.schema().column_names)
         matching = table.scan(row_filter=expression, selected_fields=(first_col,)).to_arrow().num_rows
         if not matching:
             return 0, 0
@@ -549,6 +553,26 @@ def _dataset_line_hashes(lake: Lake, ids: list[str]) -> list[str]:
             rows = rows.filter(pc.fill_null(pc.is_in(rows["interaction_id"], value_set=value_set), False))
             for messages in rows["messages"].to_pylist():
                 hashes.add(_line_hash(json.dumps({"messages": messages})))
+    return sorted(hashes)
+
+
+def _embedded_text_hashes(lake: Lake, ids: list[str]) -> list[str]:
+    """The embeddings cache's keys (curation/embeddings.py: sha256 of the last user turn) of the subject's
+    conversations, from every current table holding interaction ids and messages. A text another person also
+    sent loses its cached vector too: it is recomputed, nothing else."""
+    if not ids or not lake.catalog.namespace_exists(lake.namespace):
+        return []
+    from continuum_pipeline.curation.embeddings import text_hash, user_turn
+
+    value_set = pa.array(sorted(ids), pa.string())
+    hashes: set[str] = set()
+    for ident in lake.catalog.list_tables(lake.namespace):
+        table = lake.table(ident[-1])
+        if not {"interaction_id", "messages"} <= set(table.schema().column_names) or table.current_snapshot() is None:
+            continue
+        rows = table.scan(selected_fields=("interaction_id", "messages")).to_arrow()
+        rows = rows.filter(pc.fill_null(pc.is_in(rows["interaction_id"], value_set=value_set), False))
+        hashes |= {text_hash(user_turn(m)) for m in rows["messages"].to_pylist()}
     return sorted(hashes)
 
 
