@@ -282,8 +282,9 @@ def _without_forgotten(name: str, rows: pa.Table, tombstones: Tombstones,
 def archive_segment(landing: Path, name: str, tombstones: Tombstones | None = None) -> bool:
     """Move a landing segment into landing/archive/ as a redacted copy without forgotten subjects' lines (see the
     module docstring). False when it was gone already (a concurrent run archived it)."""
-    try:
-        data = _read_segment(landing / name, 1 << 62)
+    path = landing / name
+    try:  # ingest has read it within its byte limit already (a bigger one went to landing/failed/)
+        data = gzip.decompress(path.read_bytes()) if name.endswith(".gz") else path.read_bytes()
     except FileNotFoundError:
         return False
     clean = scrub_lines(data, tombstones)
@@ -314,14 +315,18 @@ def scrub_lines(data: bytes, tombstones: Tombstones | None = None) -> bytes:
             continue
         try:
             record = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # hostile lines (deep nesting): redacted as text below
             record = None
         if isinstance(record, dict):
             if tombstones and tombstones.record_forgotten(record):
                 continue
             if flag:
-                red.redact_record(record)
-                text = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+                try:
+                    red.redact_record(record)
+                    # ASCII escapes: a lone surrogate from a \ud800 escape stays valid JSON and encodable
+                    text = json.dumps(record, separators=(",", ":"))
+                except (ValueError, TypeError, RecursionError):
+                    text = red.redact(text)[0]
         elif flag:
             text = red.redact(text)[0]
         out.append(text)

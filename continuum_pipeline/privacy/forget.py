@@ -317,8 +317,8 @@ class SubjectMatcher:
         return bool(raw and self._raw is not None and self._raw.search(raw))
 
     def record(self, record: dict) -> bool:
-        return (record.get("user_id") in self._users or record.get("session_id") in self._sessions
-                or record.get("interaction_id") in self.interactions)
+        return (_str(record, "user_id") in self._users or _str(record, "session_id") in self._sessions
+                or _str(record, "interaction_id") in self.interactions)
 
     def line(self, line: bytes) -> bool:
         """A landing line of the subject: a record naming one of the ids; an unparseable line holding one."""
@@ -326,9 +326,15 @@ class SubjectMatcher:
             return False
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             return self.raw_holds(line)
         return self.record(record) if isinstance(record, dict) else self.raw_holds(line)
+
+
+def _str(record: dict, key: str) -> str | None:
+    """A record's id field when it is a string (a hostile line may hold a list there, which no set can hash)."""
+    value = record.get(key)
+    return value if isinstance(value, str) else None
 
 
 def resolve_interactions(lake: Lake, landing: Path, request: ForgetRequest) -> list[str]:
@@ -347,11 +353,11 @@ def resolve_interactions(lake: Lake, landing: Path, request: ForgetRequest) -> l
             for line in _read_lines(path):
                 try:
                     record = json.loads(line)
-                except ValueError:
+                except (ValueError, RecursionError):
                     continue
                 if (isinstance(record, dict) and record.get("kind", "interaction") == "interaction"
                         and isinstance(record.get("interaction_id"), str)
-                        and (record.get("user_id") in users or record.get("session_id") in sessions)):
+                        and (_str(record, "user_id") in users or _str(record, "session_id") in sessions)):
                     ids.add(record["interaction_id"])
     return sorted(ids)
 

@@ -107,7 +107,7 @@ def _raw_forgotten(tombstones: Tombstones, raw: bytes | None) -> bool:
         return False
     try:
         record = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False  # not a record: no id to check against a hash
     return isinstance(record, dict) and tombstones.record_forgotten(record)
 
