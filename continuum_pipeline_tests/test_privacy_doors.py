@@ -299,7 +299,12 @@ def test_otlp_and_langfuse_receivers_redact_before_the_landing_file(serve, lake,
 
     lf = Langfuse(public_key=LF_PUBLIC, secret_key=LF_SECRET, base_url=base, tracer_provider=TracerProvider(),
                   flush_at=1000, flush_interval=0.1)
-    try:
+    mixed, mixed_counts = mixed_text()
+    try:  # a generation (the SDK's OTel spans, on the Langfuse path), then scores
+        with lf.start_as_current_observation(as_type="generation", name="support_answer", model="gpt-test",
+                                             input=[{"role": "user", "content": mixed}], output=mixed,
+                                             metadata={"contact": mixed}) as gen:
+            lf_key = f"otel-{gen.trace_id}-{gen.id}"
         for i, (text, _, _) in enumerate(texts):
             lf.create_score(name="verdict", value=0.5, trace_id=f"{i + 1:032x}", score_id=f"lf-{i}", comment=text)
         lf.flush()
@@ -309,11 +314,13 @@ def test_otlp_and_langfuse_receivers_redact_before_the_landing_file(serve, lake,
 
     assert_no_canary(landing_bytes(settings))
     report = ingest_landing(lake, settings.landing_dir)
-    assert report.rows("interactions") == len(texts) and report.rows("feedback_events") == len(texts)
+    assert report.rows("interactions") == len(texts) + 1 and report.rows("feedback_events") == len(texts)
     assert report.rows("quarantine") == 0
     assert_warehouse_clean(settings)
     rows = {r["prompt"]: r for r in lake.read_arrow("interactions").to_pylist()}
     assert {r["source"] for r in rows.values()} == {"otlp"}
+    generation = next(r for r in rows.values() if r["interaction_id"] == lf_key)
+    assert all(json.loads(generation["redactions"])[k] >= 3 * n for k, n in mixed_counts.items())
     for text, kind, value in texts:
         r = rows[text.replace(value, PLACEHOLDER[kind])]  # the prompt as sent, the canary replaced
         assert r["response"] == "Noted: " + r["prompt"] and json.loads(r["redactions"])[kind] >= 3, r["redactions"]
