@@ -295,13 +295,16 @@ def archive_segment(landing: Path, name: str, tombstones: Tombstones | None = No
 
 
 def scrub_lines(data: bytes, tombstones: Tombstones | None = None) -> bytes:
-    """Each line redacted: a JSON object through `redact_record`, anything else as text; lines of forgotten
-    subjects left out. Only lines the redactor's pre-filter flags, or all when tombstones exist, are parsed."""
+    """Each line redacted as normalize redacts its rows (an interaction with its task's redactor; feedback and
+    anything unparseable with the strictest, `task_redactors()(None)`): a JSON object through `redact_record`,
+    anything else as text; lines of forgotten subjects left out. Lines the strictest redactor's pre-filter passes
+    are kept as they are, unless tombstones exist (then each line is parsed)."""
     import numpy as np
 
-    from continuum_pipeline.privacy.redact import redactor
+    from continuum_pipeline.lake.normalize import task_redactors
 
-    red = redactor()
+    redactors = task_redactors()
+    red = redactors(None)
     lines = data.split(b"\n")
     trailing = lines and lines[-1] == b""
     if trailing:
@@ -322,7 +325,8 @@ def scrub_lines(data: bytes, tombstones: Tombstones | None = None) -> bytes:
                 continue
             if flag:
                 try:
-                    red.redact_record(record)
+                    task = record.get("task") if record.get("kind", "interaction") == "interaction" else None
+                    redactors.get(task if isinstance(task, str) else None).redact_record(record)
                     # ASCII escapes: a lone surrogate from a \ud800 escape stays valid JSON and encodable
                     text = json.dumps(record, separators=(",", ":"))
                 except (ValueError, TypeError, RecursionError):
