@@ -3,6 +3,8 @@
 Both wrap the same function and record the same facts (prompt, response, model, task); each
 configuration runs in interleaved blocks so drift hits all alike. Added latency = wrapped − bare,
 at p50 and p99. OpenTelemetry is measured with both of its span processors and the faster one is the peer.
+Then the writer thread's side, where records are built, redacted and written: records drained per CPU
+second, clean and PII-rich (the canary corpus), with redaction and with it switched off (the peer).
 Writes bench/results/capture_overhead.json.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import json
+import random
 import sys
 import tempfile
 import time
@@ -27,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from continuum_pipeline import capture  # noqa: E402
 
 CALLS_PER_BLOCK, BLOCKS = 20_000, 10
+DRAIN_RECORDS, DRAIN_ROUNDS = 20_000, 2
 
 
 class NoOpExporter(SpanExporter):
@@ -51,6 +55,39 @@ def otel_wrapper(tracer):
             span.set_attribute("gen_ai.completion", result)
             return result
     return wrapped
+
+
+class RedactionOff:
+    """The writer with redaction switched off: the peer for what redaction costs the writer thread."""
+
+    def redact_record(self, record):
+        return {}
+
+
+def drain_rates(landing: Path) -> dict[str, dict[str, float]]:
+    """Records the writer thread builds, redacts and writes per CPU second (the app's thread is not involved)."""
+    from continuum_pipeline.capture import WRITER
+    from continuum_pipeline_tests.pii_canaries import canary_texts
+
+    texts = [t for t, _, _ in canary_texts()]
+    capture.configure(landing, queue_size=DRAIN_RECORDS * 2, segment_records=DRAIN_RECORDS * 2, flush_seconds=3600,
+                      max_bytes=1 << 34)  # nothing drains until flush(), which is timed
+    wrapped = capture(task="support_answer", model="support-model")(lambda messages: "Noted: " + messages[-1]["content"])
+    off = RedactionOff()
+    rates: dict[str, dict[str, list[float]]] = {}
+    for _ in range(DRAIN_ROUNDS):
+        for label, share in (("clean", 0.0), ("pii_10pct", 0.1), ("pii_all", 1.0)):
+            for mode in ("redacted", "off"):
+                WRITER.redactor_for = None if mode == "redacted" else (lambda task: off)
+                rng = random.Random(7)
+                for i in range(DRAIN_RECORDS):  # unique texts: no help from the writer's per-segment memo
+                    q = (rng.choice(texts) if rng.random() < share else "How do I reset my password?") + f" [{i}]"
+                    wrapped([{"role": "system", "content": "Be brief."}, {"role": "user", "content": q}])
+                t = time.process_time()
+                n = capture.flush()
+                rates.setdefault(label, {}).setdefault(mode, []).append(n / (time.process_time() - t))
+    WRITER.redactor_for = None
+    return {label: {mode: max(v) for mode, v in modes.items()} for label, modes in rates.items()}
 
 
 def timings(fn, n: int, msgs) -> list[int]:
@@ -111,10 +148,17 @@ def main() -> None:
     targets = {"p50<=3us": added["capture"]["p50_us"] <= 3, "p99<=15us": added["capture"]["p99_us"] <= 15,
                ">=6x_vs_otel_p50": ratio_p50 >= 6}
     print("targets:", ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in targets.items()))
+
+    drain = drain_rates(landing.parent / "drain")
+    print(f"\nwriter thread, records per CPU second ({DRAIN_RECORDS:,} queued calls, best of {DRAIN_ROUNDS})")
+    print(f"{'prompts':<14}{'redacted':>12}{'no redaction':>14}{'ratio':>8}")
+    for label, r in drain.items():
+        print(f"{label:<14}{r['redacted']:>12,.0f}{r['off']:>14,.0f}{r['redacted'] / r['off']:>8.2f}")
     out = Path(__file__).parent / "results" / "capture_overhead.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"added_latency": added, "peer": peer, "ratio_p50": ratio_p50, "ratio_p99": ratio_p99,
-                               "targets": targets, "records_written": written, "stats": stats}, indent=2))
+                               "targets": targets, "records_written": written, "stats": stats,
+                               "writer_drain_records_per_cpu_s": drain}, indent=2))
 
 
 if __name__ == "__main__":
