@@ -171,10 +171,13 @@ def test_forget_removes_the_user_everywhere_physically_and_keeps_everyone_else(s
     assert {"stg_interactions", world["task"].table("sft_candidates")} <= set(tables)
     assert tables[world["task"].table("embeddings")]["rows_removed"] == 4  # her texts' cached vectors
     assert lake.read_arrow(world["task"].table("embeddings")).num_rows == 8  # everyone else's stay
+    physical = json.loads(receipt.row["physical"])
     for name, t in tables.items():
         table = lake.table(name)
         assert t["snapshot_after"] == table.current_snapshot().snapshot_id
-        assert len(table.snapshots()) == 1  # nothing older can time-travel back to her rows
+        if t["rows_removed"] or name == world["task"].table("sft_dataset"):  # its older snapshot held her rows
+            assert len(table.snapshots()) == 1 and physical[name]["snapshots_expired"] >= 1  # no time travel back
+    assert physical[world["task"].table("sft_dataset")]["files_deleted"] >= 1
     assert json.loads(receipt.row["landing"]) == {"landing": {"segments_rewritten": 1, "lines_removed": 2},
                                                   "landing/archive": {"segments_rewritten": 1, "lines_removed": 9}}
     assert list(json.loads(receipt.row["local_files"]).values()) == [4]
@@ -446,8 +449,14 @@ def test_forget_by_session_and_by_interaction_removes_only_those(settings, lake)
         interaction(3, session_id="s-b", user_id="u1"), interaction(4, session_id="s-c", user_id="u2"),
         feedback(1, "i000002"), feedback(2, "i000004"), feedback(3, "i000003")])
     ingest_landing(lake, settings.landing_dir)
+    unrelated = "other__sft_dataset"  # never held the subject: its time travel (model lineage) must stay
+    for ids in (["x1"], ["x1", "x2"]):
+        lake.replace_table(unrelated, pa.table({"interaction_id": ids}))
+    history = len(lake.table(unrelated).snapshots())
 
     receipt = _forget(settings, lake, sessions=["s-a"], interactions=["i000004"])
+
+    assert len(lake.table(unrelated).snapshots()) == history + 1  # + the fence, nothing expired
 
     assert sorted(lake.read_arrow("interactions")["interaction_id"].to_pylist()) == ["i000003"]
     assert lake.read_arrow("feedback_events")["interaction_id"].to_pylist() == ["i000003"]

@@ -248,10 +248,14 @@ def run_forget(lake: Lake, request: ForgetRequest, *, home: Path, landing: Path,
         st["local_result"] = scrub_dataset_copies(home, set(st["copy_lines"]))
         done("local_files", files=len(st["local_result"]))
     physical = st.setdefault("physical", {})
-    for name in targets:
-        if name not in physical:
+    for name, info in targets.items():
+        if name in physical:
+            continue
+        if info["rows_removed"] or _history_holds(lake, name, matcher):
             physical[name] = purge_table(lake, name, matcher, request.receipt_id)
-            done(f"purged:{name}", **physical[name])
+        else:  # never held the subject: its time travel (model lineage reads dataset snapshots) is kept
+            physical[name] = {"snapshots_expired": 0, "files_deleted": 0, "orphans_deleted": 0}
+        done(f"purged:{name}", **physical[name])
     # A writer that read the lake before the fence (a SQL model, a dataset) may have committed since: check again.
     for name, info in targets.items():
         removed, rewritten = delete_from_table(lake, name, matcher, request.receipt_id)
@@ -460,6 +464,26 @@ def _files_removed(table, since: int) -> int:
         removed += int(props.get("deleted-data-files", 0))
         snapshot = table.snapshot_by_id(snapshot.parent_snapshot_id) if snapshot.parent_snapshot_id else None
     return removed
+
+
+def _history_holds(lake: Lake, name: str, matcher: SubjectMatcher) -> bool:
+    """Whether any older snapshot of the table still reaches the subject's rows (the quarantine: always assumed,
+    its raw bytes cannot be filtered in a scan)."""
+    if name == "quarantine" or not lake.table_exists(name):
+        return name == "quarantine"
+    table = lake.table(name)
+    columns = table.schema().column_names
+    first = next((c for c in (*ID_COLUMNS, "text_hash") if c in columns), None)
+    filters = matcher.filters_for(columns)
+    current = table.current_snapshot()
+    for snapshot in table.snapshots():
+        if current is not None and snapshot.snapshot_id == current.snapshot_id:
+            continue
+        for row_filter in filters:
+            if table.scan(snapshot_id=snapshot.snapshot_id, row_filter=row_filter, selected_fields=(first,),
+                          limit=1).to_arrow().num_rows:
+                return True
+    return False
 
 
 def purge_table(lake: Lake, name: str, matcher: SubjectMatcher, receipt_id: str) -> dict[str, int]:
