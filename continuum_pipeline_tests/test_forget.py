@@ -300,6 +300,39 @@ def test_a_concurrent_ingest_neither_resurrects_her_rows_nor_loses_others(settin
     assert full_scan(settings, lake) == {"catalog": [], "parquet": [], "landing": [], "local": []}
 
 
+def test_an_ingest_that_prepared_its_commit_before_the_tombstones_cannot_bring_her_back(settings, lake):
+    """The worst interleaving, forced: an ingest has read the table and the (empty) tombstones and written its data
+    files, holding her old row, when forget starts. Forget's fence makes that commit fail; the retry re-reads the
+    tombstones and drops her row; the first attempt's files (an orphan holding her row) are deleted."""
+    build_world(settings, lake)
+    write_segment(settings.landing_dir, "20261120T070000Z-e", [_record(7), interaction(80, user_id="ivan-8")])
+    prepared, release = threading.Event(), threading.Event()
+    events: list[str] = []
+    reports: list = []
+
+    def paused(event: str, info: dict) -> None:
+        events.append(event)
+        if event == "data_files_written:interactions" and not prepared.is_set():
+            prepared.set()
+            assert release.wait(120)
+
+    def ingest() -> None:
+        reports.append(ingest_landing(lake, settings.landing_dir, progress=paused))
+
+    thread = threading.Thread(target=ingest)
+    thread.start()
+    assert prepared.wait(120)
+    _forget(settings, lake, progress=lambda event, info: release.set() if event == "fenced" else None, users=[ALICE])
+    thread.join(120)
+
+    [report] = reports
+    assert events.count("data_files_written:interactions") >= 2  # the prepared commit failed and was redone
+    assert report.commits["interactions"].forgotten_rows >= 1
+    ids = set(lake.read_arrow("interactions")["interaction_id"].to_pylist())
+    assert "i000080" in ids and not ids & _alice_ids(16)
+    assert full_scan(settings, lake) == {"catalog": [], "parquet": [], "landing": [], "local": []}
+
+
 def test_retention_forgets_only_the_tasks_old_interactions(settings, lake):
     from continuum_pipeline.privacy.retention import apply_retention
 
