@@ -112,11 +112,13 @@ class Lake:
         from pyiceberg.exceptions import CommitFailedException
 
         for attempt in range(attempts):
-            if not set(layout.schema.names) - {f.name for f in table.schema().fields}:
+            have = {f.name for f in table.schema().fields}
+            missing = [f for f in layout.schema if f.name not in have]
+            if not missing:
                 return table
             try:
                 with table.update_schema() as update:
-                    update.union_by_name(layout.schema)
+                    update.union_by_name(pa.schema(missing))  # only the new columns: no type is ever touched
             except CommitFailedException:  # another process evolved or appended first: look again
                 if attempt == attempts - 1:
                     raise
