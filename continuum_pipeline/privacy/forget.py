@@ -12,15 +12,22 @@ any later forget, the privacy upkeep) finish the job:
    feedback may arrive later, keyed by interaction id only);
 3. fence: one empty commit on every table that may hold the subject, so an ingest attempt that read the
    tombstones before step 1 can no longer commit (its snapshot is stale: it re-reads them);
-4. the affected model versions (registry/lineage.py), before any delete takes the rows out of those snapshots;
-5. per table an Iceberg delete by whichever id columns it has (copy-on-write: the files are rewritten);
+4. the affected model versions (registry/lineage.py), before any delete takes the rows out of those snapshots,
+   and the keys of the subject's texts in the embeddings cache;
+5. per table, copy-on-write by whichever id columns it has (interaction_id, user_id, session_id; text_hash for
+   the embeddings cache): the files holding the subject rewritten without those rows in one conditional commit;
    quarantine rows whose raw bytes hold an id;
 6. landing, landing/archive and landing/failed: segments rewritten without the subject's lines (same name,
    write-then-rename: the ingest ledger goes by names, so nothing is ingested twice or lost);
 7. local dataset copies (the training runs' train/validation JSONL);
-8. physical: every snapshot but the current one expired on each table touched, the files only they used
-   deleted, and unreferenced files that still hold the subject deleted;
+8. physical, on every table whose rows or history held the subject: an empty "seal" commit (drops the manifests
+   that list only the deleted files, with their min/max column bounds), every snapshot but the current one
+   expired, the files only they used deleted, and unreferenced files that still hold the subject deleted; then
+   every table is checked once more (a writer that read the lake before the fence may have committed since);
 9. the MLflow versions tagged, the receipt appended to `deletion_receipts`, the pending file removed.
+
+`sweep_tombstones` (on the privacy upkeep) forgets again whatever comes back later by a writer that read the
+lake before a deletion; tables that never held the subject keep their history (model lineage reads it).
 
 MLflow holds no dataset copy: training logs the adapter, params and metrics only (training/sft.py); the
 version tags say which data it saw, which is what step 4 reads.
