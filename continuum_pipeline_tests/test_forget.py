@@ -250,6 +250,11 @@ def test_tombstones_drop_a_replayed_segment_and_upkeep_does_not_resurrect(settin
     assert {"i000050", "i000100"} <= ids and not ids & {"i000001", "i000004", "i000007"}
     archived = (settings.landing_dir / ARCHIVE_DIR / "20261120T020000Z-replay.jsonl").read_text()
     assert '"i000050"' in archived and '"i000001"' not in archived  # the archive copy holds no forgotten line
+    # a call of hers from before the forget that forget never saw, then its feedback in a later segment
+    write_segment(settings.landing_dir, "20261120T020001Z-late", [_record(301)])
+    assert ingest_landing(lake, settings.landing_dir).commits["interactions"].forgotten_rows == 1
+    write_segment(settings.landing_dir, "20261120T020002Z-late-feedback", [feedback(30, "i000301", comment="meh")])
+    assert ingest_landing(lake, settings.landing_dir).commits["feedback_events"].forgotten_rows == 1
 
     for _ in range(5):  # many small files: compaction rewrites partitions
         write_segment(settings.landing_dir, f"20261120T03000{_}Z-more", [interaction(200 + _, user_id="erin-4")])

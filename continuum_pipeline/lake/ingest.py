@@ -64,7 +64,7 @@ from continuum_pipeline.lake.normalize import (
     quarantine_table,
 )
 from continuum_pipeline.lake.schemas import INGEST_TABLES
-from continuum_pipeline.privacy.tombstones import Tombstones, load_tombstones
+from continuum_pipeline.privacy.tombstones import Tombstones, add_tombstones, load_tombstones
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +169,9 @@ def ingest_landing(lake: Lake, landing: Path, *, max_segments: int = 2000, max_b
     for name in INGEST_TABLES:
         report.commits[name] = _commit_exactly_once(lake, name, rows[name], landing, summary, emit, ledger_grace,
                                                     rows["interactions"])
+
+    if report.commits["interactions"].forgotten_rows:
+        _tombstone_dropped(lake, rows["interactions"], batch[0])
 
     archive = landing / ARCHIVE_DIR
     archive.mkdir(parents=True, exist_ok=True)
@@ -277,6 +280,21 @@ def _without_forgotten(name: str, rows: pa.Table, tombstones: Tombstones,
                                                  False))
     dropped = pc.sum(drop).as_py() or 0
     return (rows.filter(pc.invert(drop)), dropped) if dropped else (rows, 0)
+
+
+def _tombstone_dropped(lake: Lake, interactions: pa.Table, segment: str) -> None:
+    """Interactions dropped as a forgotten subject's get tombstones of their own (same forget time), so that their
+    feedback, arriving later and keyed by interaction id only, is dropped too."""
+    tombstones = load_tombstones(lake)
+    dropped = interactions.filter(tombstones.mask(interactions))
+    by_cutoff: dict[datetime, list[str]] = {}
+    columns = [c for c in ("interaction_id", "user_id", "session_id") if c in dropped.column_names]
+    for r in dropped.select(columns).to_pylist():
+        cutoff = tombstones.record_cutoff(r)
+        if cutoff is not None and r.get("interaction_id"):
+            by_cutoff.setdefault(cutoff, []).append(r["interaction_id"])
+    for cutoff, ids in by_cutoff.items():
+        add_tombstones(lake, f"ingest:{segment}", [("interaction", i) for i in ids], cutoff)
 
 
 def archive_segment(landing: Path, name: str, tombstones: Tombstones | None = None) -> bool:
