@@ -382,6 +382,31 @@ def test_archive_copies_are_redacted(settings, lake):
     assert not (settings.landing_dir / "20261120T000000Z-pii.jsonl").exists()
 
 
+def test_clean_segments_are_archived_as_they_are_and_a_replay_is_scrubbed_even_on_a_rerun(settings, lake):
+    # Nothing to redact, nobody forgotten: the archive copy is the segment itself (moved, not rewritten).
+    write_segment(settings.landing_dir, "20261120T000000Z-clean", [interaction(1), interaction(2)])
+    before = (settings.landing_dir / "20261120T000000Z-clean.jsonl").read_bytes()
+    ingest_landing(lake, settings.landing_dir)
+    assert (settings.landing_dir / ARCHIVE_DIR / "20261120T000000Z-clean.jsonl").read_bytes() == before
+    # A replay of a forgotten subject's line whose rows an earlier run committed (crash before archiving): the rerun
+    # commits nothing, yet its archive copy still leaves the forgotten line out.
+    fg.submit(settings.home, interactions=["i000001"], requested_by="dpo@example.org")
+    fg.finish_pending(lake, settings.home, settings.landing_dir, settings.mlflow_uri)
+    write_segment(settings.landing_dir, "20261120T010000Z-replay", [interaction(1), interaction(3)])
+    with pytest.raises(RuntimeError, match="crash"):
+        ingest_landing(lake, settings.landing_dir, progress=_crash_on("committed:quarantine"))  # not archived
+    ingest_landing(lake, settings.landing_dir)
+    archived = (settings.landing_dir / ARCHIVE_DIR / "20261120T010000Z-replay.jsonl").read_text()
+    assert '"i000003"' in archived and '"i000001"' not in archived
+
+
+def _crash_on(event: str):
+    def progress(name: str, info: dict) -> None:
+        if name == event:
+            raise RuntimeError(f"crash at {event}")
+    return progress
+
+
 def test_forget_job_with_run_config_and_the_retrain_sensor(settings, lake):
     import dagster as dg
 

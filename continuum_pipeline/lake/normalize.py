@@ -115,6 +115,8 @@ class NormalizedBatch:
     segments: int = 0
     fast_path_segments: int = 0
     failed: list[str] = field(default_factory=list)  # segments that could not be normalized at all
+    # segments whose bytes held something the redactor replaced: only these need a redacted archive copy
+    redacted: set[str] = field(default_factory=set)
 
     @property
     def fast_path(self) -> bool:
@@ -124,7 +126,8 @@ class NormalizedBatch:
     def merge(cls, parts: list[NormalizedBatch]) -> NormalizedBatch:
         return cls(pa.concat_tables([p.interactions for p in parts]), pa.concat_tables([p.feedback_events for p in parts]),
                    [q for p in parts for q in p.quarantine], sum(p.segments for p in parts),
-                   sum(p.fast_path_segments for p in parts), [s for p in parts for s in p.failed])
+                   sum(p.fast_path_segments for p in parts), [s for p in parts for s in p.failed],
+                   set().union(*(p.redacted for p in parts)))
 
 
 class Invalid(Exception):
@@ -229,13 +232,14 @@ def _fast_path(segments: list[tuple[str, bytes]], at: datetime, max_bytes: int) 
             log.warning("the fast path and the line path disagree on %s line %d; reading it line by line",
                         segment, line_no[i])
             return None
-    tables = {}
+    tables, redacted = {}, set()
     for kind, target in TARGET.items():
         keep = is_kind[kind] & ~bad
         rows = parsed if keep.all() else parsed.filter(pa.array(keep))  # a filter copies every column
-        tables[kind] = _finish(rows, target, names.take(pa.array(segment_index[keep])), pa.array(line_no[keep]), at)
-    return NormalizedBatch(tables["interaction"], tables["feedback"], redact_quarantine(quarantine), len(segments),
-                           len(segments))
+        tables[kind] = _finish(rows, target, names.take(pa.array(segment_index[keep])), pa.array(line_no[keep]), at,
+                               redacted)
+    return NormalizedBatch(tables["interaction"], tables["feedback"], redact_quarantine(quarantine, redacted),
+                           len(segments), len(segments), redacted=redacted)
 
 
 def _is_utf8(buf: bytes) -> bool:
@@ -293,7 +297,8 @@ def _np(arr: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def _finish(rows: pa.Table, target: pa.Schema, segments: pa.Array, lines: pa.Array, at: datetime) -> pa.Table:
+def _finish(rows: pa.Table, target: pa.Schema, segments: pa.Array, lines: pa.Array, at: datetime,
+            redacted: set[str]) -> pa.Table:
     n = rows.num_rows
     columns = {}
     for f in target:
@@ -307,7 +312,8 @@ def _finish(rows: pa.Table, target: pa.Schema, segments: pa.Array, lines: pa.Arr
             columns[f.name] = pa.repeat(pa.scalar(at, f.type), n) if n else pa.array([], f.type)
         else:
             columns[f.name] = rows[f.name]
-    table = redact_rows(pa.table(columns, schema=target), "interaction" if target is INTERACTIONS else "feedback")
+    table = redact_rows(pa.table(columns, schema=target), "interaction" if target is INTERACTIONS else "feedback",
+                        redacted=redacted)
     if "content_hash" in target.names and n and table["content_hash"].null_count:  # of the redacted text, as the SDK
         table = _fill_content_hash(table)
     return table
@@ -335,13 +341,13 @@ def _line_by_line(segment: str, data: bytes, at: datetime, max_bytes: int) -> No
             quarantine.append(QuarantineRow(segment, number, bad.error, bad.reason, raw, bad.field, bad.kind))
             continue
         accepted[kind].append((number, raw, row))
-    tables = {}
+    tables, redacted = {}, set()
     for kind, target in TARGET.items():
         parsed, numbers = _arrow_rows(segment, kind, accepted[kind], quarantine)
         segment_col = pa.array([segment] * parsed.num_rows, pa.string())
-        tables[kind] = _finish(parsed, target, segment_col, pa.array(numbers, pa.int32()), at)
-    return NormalizedBatch(tables["interaction"], tables["feedback"], redact_quarantine(quarantine), segments=1,
-                           fast_path_segments=0)
+        tables[kind] = _finish(parsed, target, segment_col, pa.array(numbers, pa.int32()), at, redacted)
+    return NormalizedBatch(tables["interaction"], tables["feedback"], redact_quarantine(quarantine, redacted),
+                           segments=1, fast_path_segments=0, redacted=redacted)
 
 
 def _arrow_rows(segment: str, kind: str, accepted: list[tuple[int, bytes, dict]],
@@ -768,9 +774,11 @@ def task_redactors(task_paths: tuple[Path, ...] | None = None) -> TaskRedactors:
     return _REDACTORS[key]
 
 
-def redact_rows(table: pa.Table, kind: str, redactors: TaskRedactors | None = None) -> pa.Table:
+def redact_rows(table: pa.Table, kind: str, redactors: TaskRedactors | None = None,
+                redacted: set[str] | None = None) -> pa.Table:
     """Every free-text column of `kind` rows redacted, counts merged into `redactions`. Vectorised: each column's
-    `flags` pick the rows that may hold PII; only those go through the exact redactor, each with its task's."""
+    `flags` pick the rows that may hold PII; only those go through the exact redactor, each with its task's.
+    `redacted` collects the segments of rows in which something was replaced."""
     if not table.num_rows:
         return table
     redactors = redactors or task_redactors()
@@ -793,7 +801,8 @@ def redact_rows(table: pa.Table, kind: str, redactors: TaskRedactors | None = No
     for record in records:
         redactor = redactors.get(record.get("task") if kind == "interaction" else None)
         memo = memos.get(id(redactor)) or memos.setdefault(id(redactor), memoized(redactor))
-        memo.redact_record(record)
+        if memo.redact_record(record) and redacted is not None:
+            redacted.add(record["segment"])
         if record["redactions"] == "{}":  # flagged, yet nothing found: no field, as for rows not flagged
             record["redactions"] = None
     redacted = pa.Table.from_pylist(records, schema=table.schema)
@@ -821,7 +830,7 @@ def _flagged(table: pa.Table, kind: str, redactor: Any) -> np.ndarray:
     return mask
 
 
-def redact_quarantine(rows: list[QuarantineRow]) -> list[QuarantineRow]:
+def redact_quarantine(rows: list[QuarantineRow], redacted: set[str] | None = None) -> list[QuarantineRow]:
     """Quarantine keeps a line's raw bytes, so they are redacted too (with the strictest redactor: the line's task
     is not known). Bytes that are not UTF-8 survive through surrogateescape; a line with nothing found is kept as is,
     byte for byte."""
@@ -833,9 +842,11 @@ def redact_quarantine(rows: list[QuarantineRow]) -> list[QuarantineRow]:
     for q in rows:
         if q.raw:
             text = q.raw.decode("utf-8", "surrogateescape")
-            redacted, counts = redactor.redact(text)
+            text_redacted, counts = redactor.redact(text)
             if counts:
-                q.raw = redacted.encode("utf-8", "surrogateescape")
+                q.raw = text_redacted.encode("utf-8", "surrogateescape")
+                if redacted is not None:
+                    redacted.add(q.segment)
         if q.reason:  # reasons quote up to 40 characters of the offending value
             q.reason = redactor.redact(q.reason)[0]
     return rows
