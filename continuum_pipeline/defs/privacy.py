@@ -108,7 +108,8 @@ def privacy_upkeep(context: dg.OpExecutionContext, lake: LakeResource, landing: 
 def privacy_upkeep_job():
     privacy_upkeep()
 # Before the nightly lake upkeep (17 3 * * *), which then compacts what the deletions rewrote.
-privacy_upkeep_schedule = dg.ScheduleDefinition(job=privacy_upkeep_job, cron_schedule="7 3 * * *",
+privacy_upkeep_schedule = dg.ScheduleDefinition(name="privacy_upkeep_schedule", job=privacy_upkeep_job,
+                                                cron_schedule="7 3 * * *",
                                                 default_status=dg.DefaultScheduleStatus.RUNNING,
                                                 description="Nightly: finish pending deletions, apply retention.")
 
