@@ -251,6 +251,9 @@ def test_a_hand_dropped_landing_file_is_redacted_at_ingest_on_both_paths(setting
     assert all(json.loads(rows["i000950"]["redactions"])[k] >= n for k, n in mixed_counts.items())
     fb = lake.read_arrow("feedback_events").to_pylist()
     assert set(redaction_counts(fb)) == kinds_of(TEXTS)
+    # the ingest report (the asset's `pii_redacted` metadata) sums the rows' counts
+    assert report.redactions["interactions"] == redaction_counts(list(rows.values()))
+    assert report.redactions["feedback_events"] == redaction_counts(fb)
     quarantine = lake.read_arrow("quarantine").to_pylist()
     assert sorted(q["error"] for q in quarantine) == ["invalid_utf8", "invalid_value", "wrong_type"]
     raws = b"".join(q["raw"] for q in quarantine)

@@ -98,10 +98,21 @@ class IngestReport:
     remaining_segments: int = 0
     failed_segments: list[str] = field(default_factory=list)  # unreadable or not normalizable: moved to landing/failed/
     ignored_files: list[str] = field(default_factory=list)  # in landing but no segment: never read, reported
+    redactions: dict[str, Counter] = field(default_factory=dict)  # table → PII kind → values replaced (SDK or ingest)
 
     def rows(self, table: str) -> int:
         commit = self.commits.get(table)
         return commit.rows if commit else 0
+
+
+def _redaction_counts(rows: pa.Table) -> Counter:
+    """PII kind → values replaced in these rows (their `redactions` counts, validated by normalize)."""
+    total: Counter = Counter()
+    if "redactions" in rows.column_names:
+        for item in pc.value_counts(pc.drop_null(rows["redactions"])).to_pylist() if rows.num_rows else []:
+            for kind, count in json.loads(item["values"]).items():
+                total[kind] += count * item["counts"]
+    return total
 
 
 def read_ledger(table) -> dict[str, float | None]:
@@ -161,6 +172,7 @@ def ingest_landing(lake: Lake, landing: Path, *, max_segments: int = 2000, max_b
         "quarantine": quarantine_table(normalized.quarantine, now),
     }
     emit("normalized", {name: t.num_rows for name, t in rows.items()})
+    report.redactions = {name: _redaction_counts(rows[name]) for name in ("interactions", "feedback_events")}
 
     summary = {"continuum.segments": str(len(batch)), "continuum.first-segment": batch[0],
                "continuum.last-segment": batch[-1]}

@@ -42,6 +42,8 @@ def ingest_landing_segments(context: dg.AssetExecutionContext, lake: LakeResourc
             "rows_appended": commit.rows if commit else 0,
             "rows_already_present": commit.skipped_rows if commit else 0,
             "rows_forgotten": commit.forgotten_rows if commit else 0,  # of forgotten subjects: dropped, not quarantined
+            **({"pii_redacted": dg.MetadataValue.json(dict(sorted(report.redactions[key].items())))}
+               if key in report.redactions else {}),
             "snapshot_id": str(commit.snapshot_id) if commit and commit.snapshot_id else "",
             "segments": len(report.segments),
             "segments_waiting": report.remaining_segments,
@@ -63,6 +65,9 @@ def _summary(key: str, report) -> str:
     if commit and commit.forgotten_rows:
         lines.append(f"{commit.forgotten_rows} rows belong to subjects forgotten since they were captured "
                      "(deletion tombstones): dropped, not quarantined.")
+    if report.redactions.get(key):
+        lines.append("PII replaced by placeholders in these rows (by the SDK, the server or this ingest; counts, "
+                     "never values): " + ", ".join(f"{k} {n}" for k, n in sorted(report.redactions[key].items())) + ".")
     if report.remaining_segments:
         lines.append(f"{report.remaining_segments} more segments wait for the next run.")
     if report.failed_segments:
