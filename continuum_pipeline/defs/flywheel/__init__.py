@@ -14,6 +14,7 @@ from continuum_pipeline.task.config import TaskConfig
 def build_task_definitions(task: TaskConfig, sql_dir: Path | None = None) -> dg.Definitions:
     from continuum_pipeline.defs.flywheel import (
         curation,
+        embeddings,
         evaluation,
         labels,
         registry,
@@ -25,8 +26,8 @@ def build_task_definitions(task: TaskConfig, sql_dir: Path | None = None) -> dg.
     from continuum_pipeline.defs.resources import default_sql_dir
 
     assets = [labels.reward_labels(task), *sql.task_models(task, sql_dir or default_sql_dir()),
-              *evaluation.golden_sets(task), curation.sft_dataset(task), training.base_model(task),
-              training.candidate_model(task), registry.registered_model(task)]
+              *evaluation.golden_sets(task), embeddings.embeddings_asset(task), curation.sft_dataset(task),
+              training.base_model(task), training.candidate_model(task), registry.registered_model(task)]
     training_job, monitoring_job = triggers.jobs(task)
     return dg.Definitions(
         assets=assets,

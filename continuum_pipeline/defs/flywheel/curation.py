@@ -4,7 +4,7 @@ import dagster as dg
 
 from continuum_pipeline.defs.flywheel.keys import golden_key, group, key
 from continuum_pipeline.defs.metadata import column_schema, markdown_table
-from continuum_pipeline.defs.resources import LakeResource
+from continuum_pipeline.defs.resources import FlywheelResource, LakeResource, MLflowResource
 from continuum_pipeline.task.config import TaskConfig
 
 
@@ -44,15 +44,23 @@ def privacy_metadata(the_lake, task: TaskConfig, removed: dict[str, int]) -> dic
 
 
 def sft_dataset(task: TaskConfig) -> dg.AssetsDefinition:
-    holdouts = [golden_key(task, g.name) for g in task.golden_sets if g.from_production]
+    from continuum_pipeline.defs.flywheel.embeddings import NEEDS_MODEL, select_rows
 
-    @dg.asset(key=key(task, "sft_dataset"), group_name=group(task, "curation"),
-              deps=[key(task, "sft_candidates"), *holdouts], kinds={"iceberg", "python"},
-              description="Interactions whose reward passes the threshold, consent-checked (unknown consent only "
-                          "if the task allows it), not excluded by a privacy rule, sampled at the task's "
-                          "rate, not held out for evaluation, deduplicated, split "
-                          "train/validation, in TRL's conversational `messages` format.")
-    def _sft_dataset(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+    holdouts = [golden_key(task, g.name) for g in task.golden_sets if g.from_production]
+    # near-dup removal and selection read the embeddings; uncertainty scores with the champion (or the base)
+    scores = task.curation.strategy in NEEDS_MODEL
+    selection_deps = [key(task, "embeddings"), *([key(task, "base_model")] if scores else [])]
+
+    asset = dg.asset(key=key(task, "sft_dataset"), group_name=group(task, "curation"),
+                     deps=[key(task, "sft_candidates"), *holdouts, *selection_deps], kinds={"iceberg", "python"},
+                     description="Interactions whose reward passes the threshold, consent-checked (unknown consent only "
+                                 "if the task allows it), not excluded by a privacy rule, sampled at the task's "
+                                 "rate, not held out for evaluation, deduplicated (exact, then near-duplicates), "
+                                 f"selected ({task.curation.strategy}), split train/validation, in TRL's conversational "
+                                 "`messages` format.")
+
+    def build(context: dg.AssetExecutionContext, lake: LakeResource, mlflow: MLflowResource | None = None,
+              flywheel: FlywheelResource | None = None) -> dg.MaterializeResult:
         from continuum_pipeline.curation.dataset import curate_sft
 
         the_lake = lake.lake()
@@ -60,6 +68,7 @@ def sft_dataset(task: TaskConfig) -> dg.AssetsDefinition:
         candidates_snapshot = the_lake.current_snapshot_id(candidates_table)
         policy = curation_policy(the_lake, task)
         dataset = curate_sft(the_lake.read_arrow(candidates_table), policy)
+        selection = select_rows(context, the_lake, task, dataset, mlflow, flywheel)
         snapshot_id = the_lake.replace_table(task.table("sft_dataset"), dataset.table, {
             "continuum.candidates-snapshot-id": str(candidates_snapshot),
             **{f"continuum.removed.{k}": str(v) for k, v in dataset.removed.items()},
@@ -78,9 +87,20 @@ def sft_dataset(task: TaskConfig) -> dg.AssetsDefinition:
             "eligible_rows": dataset.table.num_rows,
             **{f"removed: {k}": v for k, v in dataset.removed.items()},
             **privacy_metadata(the_lake, task, dataset.removed),
+            **selection,
             "summary": dg.MetadataValue.md(
                 markdown_table(["step", "rows", "note"], removed) + "\n\n"
                 + markdown_table(["target", "rows"], [(r["target_source"], r["interaction_id_count"]) for r in by_source])),
         })
+
+    if scores:  # the champion's scoring needs the registry and the task's model folders
+        @asset
+        def _sft_dataset(context: dg.AssetExecutionContext, lake: LakeResource, mlflow: MLflowResource,
+                         flywheel: FlywheelResource) -> dg.MaterializeResult:
+            return build(context, lake, mlflow, flywheel)
+    else:
+        @asset
+        def _sft_dataset(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+            return build(context, lake)
 
     return _sft_dataset
