@@ -12,7 +12,8 @@ any later forget, the privacy upkeep) finish the job:
    feedback may arrive later, keyed by interaction id only);
 3. fence: one empty commit on every table that may hold the subject, so an ingest attempt that read the
    tombstones before step 1 can no longer commit (its snapshot is stale: it re-reads them);
-4. the affected model versions (registry/lineage.py), before any delete takes the rows out of those snapshots,
+4. the affected model versions (registry/lineage.py: the `model_lineage` table, written at registration and,
+   for older versions, just before the fence), before any delete takes the rows out of it and of the snapshots,
    and the keys of the subject's texts in the embeddings cache;
 5. per table, copy-on-write by whichever id columns it has (interaction_id, user_id, session_id; text_hash for
    the embeddings cache): the files holding the subject rewritten without those rows in one conditional commit;
@@ -30,7 +31,7 @@ any later forget, the privacy upkeep) finish the job:
 lake before a deletion; tables that never held the subject keep their history (model lineage reads it).
 
 MLflow holds no dataset copy: training logs the adapter, params and metrics only (training/sft.py); the
-version tags say which data it saw, which is what step 4 reads.
+version tags and `model_lineage` say which data it saw, which is what step 4 reads.
 """
 
 from __future__ import annotations
@@ -227,6 +228,12 @@ def run_forget(lake: Lake, request: ForgetRequest, *, home: Path, landing: Path,
     if "tombstoned_interactions" not in st:
         add_tombstones(lake, request.receipt_id, [("interaction", i) for i in ids], at)
         done("tombstoned_interactions", interactions=len(ids))
+    if "lineage_recorded" not in st and tracking_uri:
+        # Versions registered before `model_lineage` existed get their rows while their snapshots exist (the purge
+        # expires them); before the fence, so the table is among those the delete visits.
+        from continuum_pipeline.registry.lineage import record_missing_lineage
+
+        done("lineage_recorded", versions=len(record_missing_lineage(lake, tracking_uri)))
     targets = st.setdefault("tables", {})
     if "fenced" not in st:
         for name in _personal_tables(lake):
