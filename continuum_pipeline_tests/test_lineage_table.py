@@ -139,3 +139,42 @@ def test_a_version_registered_before_the_table_resolves_through_its_snapshot(set
     assert lineage.record_missing_lineage(lake, settings.mlflow_uri) == []  # once
     trace = lineage.version_lineage(lake, settings.mlflow_uri, world["model"], world["v1"])
     assert trace.source == lineage.LINEAGE_TABLE and set(trace.interaction_ids) == v1_ids
+
+
+def test_the_registered_model_asset_writes_the_versions_lineage_rows(settings, lake, tmp_path):
+    """Through Dagster: the registry asset registers a real (tiny) model and writes its rows in the same step."""
+    import dagster as dg
+
+    from continuum_pipeline.defs.flywheel.keys import key
+    from continuum_pipeline.defs.flywheel.registry import registered_model
+    from continuum_pipeline.defs.resources import resources_from_settings
+    from continuum_pipeline.registry import models
+    from continuum_pipeline.training import base_model as bm
+    from continuum_pipeline_tests.test_training import TINY, VOCAB, toy_conversations
+
+    task = task_config()
+    ids = [f"a{i}" for i in range(5)]
+    sft = lake.replace_table(task.table("sft_dataset"), pa.table({
+        "interaction_id": ids, "split": ["train"] * 4 + ["validation"]}))
+    merged = bm.build_base_model(toy_conversations(8), VOCAB, tmp_path / "merged", TINY)
+    import mlflow
+
+    models.client(settings.mlflow_uri)
+    experiment = models.ensure_experiment(settings.mlflow_uri, "lineage-test")
+    with mlflow.start_run(experiment_id=experiment) as run:
+        run_id = run.info.run_id
+    with dg.instance_for_test() as instance:
+        instance.report_runless_asset_event(dg.AssetMaterialization(key(task, "candidate_model"), metadata={
+            "merged_dir": str(merged), "mlflow_run_id": run_id, "task": task.name, "dataset_snapshot_id": str(sft),
+            "golden_set_versions": "{}", "parent_version": "base"}))
+        asset = registered_model(task)
+        result = dg.materialize([asset], instance=instance, resources=resources_from_settings(settings))
+        assert result.success
+        [mat] = result.asset_materializations_for_node(asset.op.name)
+    version = mat.metadata["version"].value
+    assert mat.metadata["lineage_rows"].value == 5
+    rows = _lineage_rows(lake, task.registered_model_name, version)
+    assert sorted(zip(rows["interaction_id"].to_pylist(), rows["role"].to_pylist(), strict=True)) == [
+        ("a0", "train"), ("a1", "train"), ("a2", "train"), ("a3", "train"), ("a4", "validation")]
+    assert set(rows["dataset_table"].to_pylist()) == {task.table("sft_dataset")}
+    assert set(rows["dataset_snapshot_id"].to_pylist()) == {sft}
