@@ -309,3 +309,14 @@ def test_active_learning_in_the_asset_scores_with_the_base_model_once_and_reuses
         assert dg.materialize([sft_dataset(task)], instance=instance, resources=resources_from_settings(settings),
                               selection=[dg.AssetKey(["support_answer", "sft_dataset"])]).success
     assert lake.read_arrow(task.table("uncertainty")).num_rows == 6  # the rebuild scored nothing new
+
+
+def test_the_champions_mean_hidden_state_is_the_fallback_embedder(tiny_model):
+    from continuum_pipeline.curation.embeddings import embed_cached, hidden_state
+
+    embedder = hidden_state(tiny_model, "base", threads=1)
+    texts = ["How do I reset my password?", "Where is my refund for order #48213?", "How do I reset my password?"]
+    batch = embed_cached(texts, embedder, None)
+    assert embedder.version == "hidden-state:base" and batch.computed == 2
+    assert batch.vectors.shape == (3, 32) and np.allclose(np.linalg.norm(batch.vectors, axis=1), 1, atol=1e-5)
+    assert np.allclose(batch.vectors[0], batch.vectors[2]) and not np.allclose(batch.vectors[0], batch.vectors[1])

