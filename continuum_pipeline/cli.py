@@ -160,7 +160,7 @@ def show_lake(settings: Settings) -> None:
         print_table(["day", "task", "model", "interactions", "mean score", "neg. feedback rate", "p50 ms", "p95 ms",
                      "error rate"],
                     [[r["day"], r.get("task"), r["model"], r["interactions"], r["mean_score"],
-                      r["negative_feedback_rate"], r["p50_latency_ms"], r["p95_latency_ms"], r["error_rate"]]
+                      r["negative_feedback_rate"], r["latency_p50_ms"], r["latency_p95_ms"], r["error_rate"]]
                      for r in qd[-10:]])
     try:
         tasks = configured_tasks(settings)

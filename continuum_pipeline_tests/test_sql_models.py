@@ -98,8 +98,8 @@ def test_quality_daily_matches_hand_computed_values(lake, settings):
     assert a1["mean_score"] == pytest.approx((0.75 + 0.0) / 2)  # mean of per-interaction means, scored ones only
     assert a1["interactions_with_feedback"] == 3
     assert a1["negative_feedback_rate"] == pytest.approx(1 / 3)
-    assert a1["p50_latency_ms"] == pytest.approx(25.0)
-    assert a1["p95_latency_ms"] == pytest.approx(10 + 0.95 * 3 * 10)  # linear interpolation over 10..40
+    assert a1["latency_p50_ms"] == pytest.approx(25.0)
+    assert a1["latency_p95_ms"] == pytest.approx(10 + 0.95 * 3 * 10)  # linear interpolation over 10..40
     assert a1["error_rate"] == pytest.approx(0.25)
     assert a1["tokens"] == 10 and a1["cost_usd"] == pytest.approx(0.75)
     assert b1["interactions"] == 1 and b1["negative_feedback_rate"] is None and b1["mean_score"] is None

@@ -211,7 +211,7 @@ def last_interaction_id() -> str | None:
 def annotate(**fields: Any) -> None:
     """Add fields to the interaction in progress: prompt_tokens, completion_tokens, cost_usd, ttft_ms,
     model, model_version, route, consent, contexts, tool_calls, response, metadata, ts (a datetime, for
-    replays and simulations), … Call it inside the captured function (after it returned, the record is
+    replays and simulations), latency_ms (replaces the measured call time, same use), … Call it inside the captured function (after it returned, the record is
     already queued and the call is ignored); unknown keys go to metadata."""
     call = _current.get()
     if call is None:

@@ -258,7 +258,8 @@ def interaction_record(
         "response": response,
         "tool_calls": to_json_text(ann.pop("tool_calls", resp.get("tool_calls"))),
         "contexts": [str(c) for c in ann.pop("contexts", None) or ctx.get("contexts") or []] or None,
-        "latency_ms": elapsed_ns / 1e6,
+        # measured around the call; a simulation or replay whose model ran elsewhere annotates its own
+        "latency_ms": _finite(ann.pop("latency_ms", None)) if "latency_ms" in ann else elapsed_ns / 1e6,
         "ttft_ms": _finite(ann.pop("ttft_ms", None)),
         "prompt_tokens": _int_or_none(ann.pop("prompt_tokens", resp.get("prompt_tokens"))),
         "completion_tokens": _int_or_none(ann.pop("completion_tokens", resp.get("completion_tokens"))),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -303,8 +304,9 @@ def simulate_traffic(desk: SupportDesk, n: int, phase: str, serve: Serve, *, mod
     """Send `n` train-split requests through `serve` and the capture SDK, with user feedback.
 
     `serve` answers a batch of conversations at once (a student generates batched); each request is then
-    captured one by one through an `@capture`d app that returns its precomputed answer, so the recorded
-    latency is the app's overhead, not the model's. Requests and user behaviour use separate streams
+    captured one by one through an `@capture`d app that returns its precomputed answer; each is recorded
+    with its batch's `serve` wall time as `latency_ms` (its user waited for the whole batch), not the app's
+    microseconds of overhead. Requests and user behaviour use separate streams
     seeded from `seed`, so the same seed sends the same questions whatever the model answers.
     `start` puts the traffic on a simulated day (spread over 8 hours from `start`) instead of now.
     """
@@ -315,6 +317,7 @@ def simulate_traffic(desk: SupportDesk, n: int, phase: str, serve: Serve, *, mod
     traffic, users = random.Random(f"traffic:{seed}"), random.Random(f"users:{seed}")
     stats = TrafficStats()
     answers: deque[str] = deque()
+    batch_ms = [0.0]
 
     @capture(task="support_answer", model=model, model_version=model_version, consent="granted")
     def app(messages: list[dict], metadata: dict, ts: datetime | None) -> str:
@@ -323,13 +326,15 @@ def simulate_traffic(desk: SupportDesk, n: int, phase: str, serve: Serve, *, mod
         completion_tokens = desk.estimated_tokens(response or "")
         cost = desk.cost_usd(prompt_tokens, completion_tokens, who)
         capture.annotate(metadata=metadata, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                         cost_usd=cost, **({"ts": ts} if ts else {}))
+                         cost_usd=cost, latency_ms=batch_ms[0], **({"ts": ts} if ts else {}))
         stats.cost_usd += cost
         return response
 
     for batch_start in range(0, n, batch_size):
         batch = [desk.sample_request(phase, "train", traffic) for _ in range(min(batch_size, n - batch_start))]
+        started = time.perf_counter()
         served = serve([r.messages for r in batch])
+        batch_ms[0] = (time.perf_counter() - started) * 1000
         if len(served) != len(batch):
             raise ValueError(f"serve returned {len(served)} answers for {len(batch)} conversations")
         answers.extend(served)

@@ -11,8 +11,8 @@ select
     count(*) filter (where f.feedback_events > 0) as interactions_with_feedback,
     (count(*) filter (where f.negative_events > 0))::double
         / nullif(count(*) filter (where f.feedback_events > 0), 0) as negative_feedback_rate,
-    quantile_cont(i.latency_ms, 0.5) as p50_latency_ms,
-    quantile_cont(i.latency_ms, 0.95) as p95_latency_ms,
+    quantile_cont(i.latency_ms, 0.5) as latency_p50_ms,
+    quantile_cont(i.latency_ms, 0.95) as latency_p95_ms,
     avg(i.is_error::int) as error_rate,
     sum(i.total_tokens) as tokens,
     sum(i.cost_usd) as cost_usd
