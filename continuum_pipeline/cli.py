@@ -96,7 +96,9 @@ def cmd_lineage(args: argparse.Namespace) -> int:
 
     try:
         lineage = version_lineage(lake, settings.mlflow_uri, name, version)
-    except MlflowException:
+    except MlflowException as exc:
+        if unreachable(exc):
+            raise  # main() says which server and which setting
         print(f"continuum lineage: no model version {name}@{version} in {settings.mlflow_uri}; "
               "`continuum tasks` and the MLflow UI list what is registered", file=sys.stderr)
         return 1
@@ -353,8 +355,44 @@ def plugin_commands(sub) -> None:
         entry.load()(sub)
 
 
+def unreachable(exc: BaseException) -> bool:
+    """Whether an error (or what caused it) is a refused / timed-out / unresolvable connection."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ConnectionError | TimeoutError) or type(exc).__name__ in (
+                "ConnectError", "ConnectTimeout", "NewConnectionError", "MaxRetryError"):
+            return True
+        # MLflow's REST client folds the requests error into its message and drops the cause
+        if type(exc).__name__ == "MlflowException" and any(
+                m in str(exc) for m in ("Failed to establish a new connection", "Max retries exceeded",
+                                        "Connection refused", "Read timed out")):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def error_line(exc: BaseException, command: str) -> str:
+    """One readable line with the fix, for an error a command did not explain itself."""
+    import re
+
+    if unreachable(exc):
+        url = re.search(r"https?://[^\s/'\"]+", str(exc))
+        where = url.group(0) if url else "a server"
+        settings_hint = "CONTINUUM_MLFLOW_URI" if "mlflow" in str(exc).lower() else "the endpoint in the settings"
+        return (f"continuum {command}: cannot reach {where}: start that server, or point {settings_hint} at one "
+                "that runs (`continuum settings` shows what is in effect)")
+    while type(exc).__name__ == "DagsterExecutionStepExecutionError" and exc.__cause__ is not None:
+        exc = exc.__cause__  # "Error occurred while executing op …": the op's own error says what to do
+    if type(exc).__name__ == "Failure":  # dagster.Failure: written for a person already
+        return f"continuum {command}: {' '.join(str(getattr(exc, 'description', '') or exc).split())}"
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    return f"continuum {command}: {type(exc).__name__}: {message}  (--debug shows the traceback)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="continuum", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (default: one line)")
     sub = parser.add_subparsers(dest="command", required=True)
     plugin_commands(sub)
     sub.add_parser("tasks", help="the tasks the lake has seen: counts, feedback rate, models, instance").set_defaults(
@@ -412,6 +450,11 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as exc:
         print(f"continuum: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(error_line(exc, args.command), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -28,6 +28,17 @@ def start_model(task: TaskConfig, mlflow: MLflowResource, flywheel: FlywheelReso
         f"v{champion.version}"
 
 
+def check_base_model_exists(task: TaskConfig, start: str) -> None:
+    """Say what to do when training would start from a base model folder that is not there (from_pretrained
+    would read the path as a hub id: `OSError: Repo id must be in the form 'repo_name' …`)."""
+    path_like = task.base_model.builtin or start.startswith((".", "/", "~")) or start.count("/") > 1
+    if path_like and not (Path(start).expanduser() / "config.json").exists():
+        raise dg.Failure(
+            f"{task.name}/candidate_model: no base model at {start}: materialize `{task.name}/base_model` first "
+            f"(`dg launch --assets {task.name}/base_model`, or the task's training job, which builds it), or set "
+            "base_model.id in the task YAML to a Hugging Face model id or a local model folder")
+
+
 class BaseModelRunConfig(dg.Config):
     """Launchpad overrides for builtin:tiny (None keeps the task's YAML / the builder's defaults)."""
 
@@ -111,6 +122,9 @@ def candidate_model(task: TaskConfig) -> dg.AssetsDefinition:
         from continuum_pipeline.registry import models
         from continuum_pipeline.training.sft import SFTRunConfig
 
+        start, start_name = start_model(task, mlflow, flywheel)
+        if start_name == "base":
+            check_base_model_exists(task, start)
         the_lake = lake.lake()
         dataset_snapshot = the_lake.current_snapshot_id(task.table("sft_dataset"))
         run_dir = flywheel.task_dir(task.name) / "runs" / context.run_id
@@ -123,7 +137,6 @@ def candidate_model(task: TaskConfig) -> dg.AssetsDefinition:
         if not any(r["split"] == "train" for r in rows):
             raise dg.Failure(f"{task.name}/sft_dataset has no training rows: lower `curation.min_reward`, allow more "
                              "consent values in `curation.consent`, or capture more traffic")
-        start, start_name = start_model(task, mlflow, flywheel)
         models.ensure_experiment(mlflow.tracking_uri, mlflow.experiment, mlflow.artifact_root)
         lineage = {
             "task": task.name,
