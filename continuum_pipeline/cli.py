@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -178,14 +179,63 @@ def show_lake(settings: Settings) -> None:
                           r["negative_feedback_rate"]] for r in qd[-10:]])
 
 
+UI_GRACE_SECONDS = 6.0  # after SIGTERM/SIGINT, how long `dg dev` gets to stop its services before the group is killed
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     settings = get_settings()
     prepare_home(settings)
-    cmd = [sys.executable, "-m", "dagster", "dev", "-m", "continuum_pipeline.definitions",
-           "--host", args.host, "--port", str(args.port)]
+    # `dg dev` is the supported successor of `dagster dev`; -m keeps the code location name of earlier homes
+    dg_bin = Path(sys.executable).with_name("dg")
+    cmd = [str(dg_bin) if dg_bin.exists() else shutil.which("dg") or "dg", "dev",
+           "-m", "continuum_pipeline.definitions", "--host", args.host, "--port", str(args.port)]
     print(f"Dagster UI on http://{args.host}:{args.port}  (DAGSTER_HOME={settings.dagster_home})", flush=True)
-    os.execvpe(cmd[0], cmd, os.environ)
-    return 0  # not reached
+    return supervise(cmd, UI_GRACE_SECONDS)
+
+
+def supervise(cmd: list[str], grace: float) -> int:
+    """Run `cmd` in its own process group until it exits or SIGTERM/SIGINT arrives; then forward SIGINT (Dagster
+    shuts its webserver, daemon and code server down on it), wait `grace` seconds and kill whatever of the group,
+    or of the child's descendants, is left: `dagster dev` alone waits a minute per stuck service."""
+    import signal
+    import subprocess
+
+    import psutil
+
+    received: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum))
+                for s in (signal.SIGTERM, signal.SIGINT)}
+    proc = subprocess.Popen(cmd, start_new_session=True)  # Ctrl-C reaches only us; we stop the group as one
+    family: set[psutil.Process] = set()
+    try:
+        while proc.poll() is None and not received:
+            with contextlib.suppress(psutil.Error):  # remember descendants: one may leave the group
+                family.update(psutil.Process(proc.pid).children(recursive=True))
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.5)
+        if received:
+            print(f"continuum ui: {signal.Signals(received[0]).name}: stopping Dagster", file=sys.stderr, flush=True)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=grace)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, sig)
+            for p in family:
+                with contextlib.suppress(psutil.Error):
+                    p.send_signal(sig)
+            if proc.poll() is None:
+                with contextlib.suppress(psutil.Error):
+                    family.add(psutil.Process(proc.pid))
+            _gone, alive = psutil.wait_procs(family, timeout=2)
+            if not alive:
+                break
+        proc.wait()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 128 + received[0] if received else proc.returncode
 
 
 def cmd_job(job: str):
@@ -439,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
     report.set_defaults(fn=cmd_privacy_report)
     args = parser.parse_args(argv)
     try:
+        if args.command == "ui":  # it handles the signals itself, for its children: see supervise()
+            return args.fn(args)
         with watching_signals():  # SIGTERM/SIGINT end every command within seconds, runs included
             return args.fn(args)
     except SettingsError as exc:
