@@ -429,7 +429,9 @@ def error_line(exc: BaseException, command: str) -> str:
     if unreachable(exc):
         url = re.search(r"https?://[^\s/'\"]+", str(exc))
         where = url.group(0) if url else "a server"
-        settings_hint = "CONTINUUM_MLFLOW_URI" if "mlflow" in str(exc).lower() else "the endpoint in the settings"
+        text = str(exc).lower()
+        settings_hint = ("the judge's base_url in the task YAML" if "judge" in text else
+                         "CONTINUUM_MLFLOW_URI" if "mlflow" in text else "the endpoint in the settings")
         return (f"continuum {command}: cannot reach {where}: start that server, or point {settings_hint} at one "
                 "that runs (`continuum settings` shows what is in effect)")
     while type(exc).__name__ == "DagsterExecutionStepExecutionError" and exc.__cause__ is not None:

@@ -9,6 +9,7 @@ import pytest
 
 from continuum_pipeline import cli
 from continuum_pipeline.definitions import build_definitions
+from continuum_pipeline.judge import JudgeInput, LLMJudge, RubricCriterion
 
 
 def closed_port() -> int:
@@ -58,3 +59,13 @@ def test_training_before_the_base_model_exists_says_to_materialize_it(settings, 
     line = cli.error_line(raised.value, "train")
     assert line.startswith("continuum train: support_answer/candidate_model: no base model at ")
     assert "set base_model.id" in line and "\n" not in line
+
+
+def test_unreachable_judge_endpoint_names_it_and_the_task_setting():
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    judge = LLMJudge(base_url=url, model="m", criteria=[RubricCriterion("accuracy", "correct")], max_retries=0)
+    with pytest.raises(Exception) as raised:  # what the labelling step raises inside a CLI command's run
+        judge.judge([JudgeInput("i1", "q", None, "a", {})])
+    line = cli.error_line(raised.value, "demo")
+    assert line.startswith(f"continuum demo: cannot reach {url.removesuffix('/v1')}")
+    assert "judge's base_url in the task YAML" in line
