@@ -47,6 +47,7 @@ bench: install
 	$(BIN)/python bench/otlp_receiver.py
 	$(BIN)/python bench/gateway_overhead.py
 	$(BIN)/python bench/redaction.py
+	$(BIN)/python bench/curation.py
 
 lint: install
 	$(BIN)/ruff check continuum_pipeline continuum_pipeline_tests bench

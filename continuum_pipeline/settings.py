@@ -70,6 +70,7 @@ class Settings:
       CONTINUUM_REDACT_PHONE_REGION  region(s) for phone numbers written without +country: US (default) or a
                                comma list such as US,GB
       (the CONTINUUM_REDACT_* variables are read by continuum_pipeline.privacy.redact, stdlib + validators only)
+      CONTINUUM_PRIVACY_RULES  a YAML list of exclusion rules shared by every task (read by privacy.rules)
     """
 
     profile: str
