@@ -3,9 +3,8 @@ rule matched, and the deletions performed — for `continuum privacy report` and
 
 Read from the lake only: the `redactions` column (PII kind → count, written by the redactor; an interaction
 carries a kind if it or one of its feedback events had it redacted), `consent`, the task's rules evaluated
-as in curation, and the `deletion_receipts` table when `forget` / retention have written one. Receipts are read
-defensively (the columns it has are used; a missing table or column is a note, not an error). Counts are
-interactions (a redelivered call counts once), never values: a report holds no personal data.
+as in curation, and the `deletion_receipts` table when `forget` / retention have written one (a missing table
+is a note, not an error). Counts are interactions (a redelivered call counts once), never values: a report holds no personal data.
 """
 
 from __future__ import annotations
@@ -16,19 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import pyarrow as pa
-
 from continuum_pipeline.privacy.rules import NamedRule, check_rules, rule_sql, rules_for
 from continuum_pipeline.task.config import TaskConfig, sql_literal
-
-RECEIPTS_TABLE = "deletion_receipts"
-# Receipt columns tried in order: when the deletion happened, what was asked, which task, and the row counts.
-_WHEN = ("completed_at", "deleted_at", "finished_at", "requested_at", "created_at", "at", "ts", "when")
-_WHAT = ("kind", "kinds", "subject_kind", "request_kind", "request", "reason", "what")
-_TASK = ("task",)
-_COUNTS = ("rows_removed", "rows_deleted", "removed_rows", "row_counts", "rows", "counts", "tables")
-_SUBJECTS = ("subjects",)  # JSON [{kind, subject_hash}]: the kinds asked (never the ids)
-_VERSIONS = ("affected_versions",)  # JSON [{model, version, …}]: the model versions the deletion touched
 
 
 @dataclass
@@ -170,28 +158,6 @@ def _counts(text: str) -> dict[str, int]:
     return {str(k): int(v) for k, v in value.items() if isinstance(v, int | float)} if isinstance(value, dict) else {}
 
 
-def _total(value: Any) -> int:
-    """Rows in a receipt's count column, whatever its shape: a number, JSON text, a map, a list of structs."""
-    if value is None:
-        return 0
-    if isinstance(value, bool):
-        return 0
-    if isinstance(value, int | float):
-        return int(value)
-    if isinstance(value, str):
-        try:
-            return _total(json.loads(value))
-        except ValueError:
-            return 0
-    if isinstance(value, dict):
-        return sum(_total(v) for k, v in value.items() if k not in ("table", "name", "snapshot_id_before",
-                                                                     "snapshot_id_after"))
-    if isinstance(value, list | tuple):
-        # a map column arrives as [(key, value), …]; a list of structs as dicts
-        return sum(_total(v[1]) if isinstance(v, tuple) and len(v) == 2 else _total(v) for v in value)
-    return 0
-
-
 def _json_list(value: Any) -> list:
     try:
         parsed = json.loads(value) if isinstance(value, str) else value
@@ -201,42 +167,26 @@ def _json_list(value: Any) -> list:
 
 
 def _deletions(lake, task: str | None, since: date | None) -> tuple[list[dict], str | None]:
+    from continuum_pipeline.privacy.forget import RECEIPTS_TABLE, read_receipts
+
     if not lake.table_exists(RECEIPTS_TABLE):
-        return [], "no deletions recorded (no deletion_receipts table)"
-    table: pa.Table = lake.read_arrow(RECEIPTS_TABLE)
-    names = table.column_names
-    when = next((c for c in _WHEN if c in names), None) or next(
-        (f.name for f in table.schema if pa.types.is_timestamp(f.type)), None)
-    if when is None:
-        return [], f"{RECEIPTS_TABLE} has no timestamp column: deletions not reported by day"
-    what = next((c for c in _WHAT if c in names), None)
-    task_col = next((c for c in _TASK if c in names), None)
-    counts = next((c for c in _COUNTS if c in names), None)
-    subjects = next((c for c in _SUBJECTS if c in names), None)
-    versions = next((c for c in _VERSIONS if c in names), None)
+        return [], f"no deletions recorded (no {RECEIPTS_TABLE} table)"
     grouped: dict[tuple[date, str | None], dict] = {}
-    for r in table.to_pylist():
-        at = r[when]
-        if at is None:
-            continue
-        day = at.date() if isinstance(at, datetime) else at
-        owner = r[task_col] if task_col else None
+    for r in read_receipts(lake):
+        day, owner = r["completed_at"].date(), r["task"]
         if since and day < since or task is not None and owner not in (None, task):
             continue
         entry = grouped.setdefault((day, owner), {"day": day, "task": owner, "receipts": 0, "rows_removed": 0,
                                                   "what": set(), "versions": set()})
         entry["receipts"] += 1
-        entry["rows_removed"] += _total(r[counts]) if counts else 0
-        asked = r[what] if what and r[what] is not None else None
-        kinds = sorted({s["kind"] for s in _json_list(r[subjects]) if isinstance(s, dict) and s.get("kind")}) \
-            if subjects else []
-        if asked is not None or kinds:
-            label = asked if isinstance(asked, str) else json.dumps(asked, default=str) if asked is not None else ""
-            entry["what"].add(f"{label} ({', '.join(kinds)})" if label and kinds else label or ", ".join(kinds))
-        for v in _json_list(r[versions]) if versions else []:
+        entry["rows_removed"] += r["rows_removed"] or 0
+        reason = r["reason"] or ""
+        kinds = sorted({s["kind"] for s in _json_list(r["subjects"]) if isinstance(s, dict) and s.get("kind")})
+        if reason or kinds:
+            entry["what"].add(f"{reason} ({', '.join(kinds)})" if reason and kinds else reason or ", ".join(kinds))
+        for v in _json_list(r["affected_versions"]):
             if isinstance(v, dict) and v.get("model") is not None:
                 entry["versions"].add(f"{v['model']}@{v.get('version')}")
-    out = []
-    for entry in sorted(grouped.values(), key=lambda e: (e["day"], e["task"] or "")):
-        out.append({**entry, "what": ", ".join(sorted(entry["what"])), "versions": ", ".join(sorted(entry["versions"]))})
-    return out, None if counts else f"{RECEIPTS_TABLE} has no row-count column: rows removed shown as 0"
+    out = [{**entry, "what": ", ".join(sorted(entry["what"])), "versions": ", ".join(sorted(entry["versions"]))}
+           for entry in sorted(grouped.values(), key=lambda e: (e["day"], e["task"] or ""))]
+    return out, None
