@@ -56,7 +56,13 @@ import pyarrow.compute as pc
 from continuum_pipeline.capture.landing import ARCHIVE_DIR, FAILED_DIR, list_segments
 from continuum_pipeline.lake.catalog import Lake
 from continuum_pipeline.lake.schemas import TS, TableLayout
-from continuum_pipeline.privacy.tombstones import TOMBSTONES_TABLE, add_tombstones, subject_hash
+from continuum_pipeline.privacy.tombstones import (
+    TOMBSTONES_TABLE,
+    Tombstones,
+    add_tombstones,
+    load_tombstones,
+    subject_hash,
+)
 
 log = logging.getLogger(__name__)
 
@@ -522,9 +528,7 @@ def _file_holds(filesystem, path: str, matcher: SubjectMatcher, name: str) -> bo
             rows = pq.read_table(f)
     except Exception:  # unreadable (half-written): nothing commits it; upkeep's age rule removes it
         return False
-    if name == "quarantine" and "raw" in rows.column_names:
-        return any(matcher.raw_holds(r) for r in rows["raw"].to_pylist())
-    mask = matcher.arrow_mask(rows)
+    mask = _subject_mask(rows, name, matcher)
     if "ts" in rows.column_names and rows.schema.field("ts").type == TS:  # a later row of a returning subject
         mask = pc.and_(mask, pc.fill_null(pc.less_equal(rows["ts"], pa.scalar(matcher.forgotten_at, TS)), True))
     return bool(pc.any(mask).as_py())
@@ -720,8 +724,6 @@ def sweep_tombstones(lake: Lake, home: Path, landing: Path, tracking_uri: str | 
     Tables with `ts` match every tombstone kind up to its forget time; tables without match interaction
     tombstones only (a returning user's later rows there cannot be told apart). Runs on the privacy upkeep."""
     from pyiceberg.types import TimestamptzType
-
-    from continuum_pipeline.privacy.tombstones import Tombstones, load_tombstones
 
     tombstones = load_tombstones(lake)
     if not tombstones:
