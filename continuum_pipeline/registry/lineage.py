@@ -108,13 +108,14 @@ def lineage_rows(lake: Lake, ref: ModelVersionRef, registered_at: datetime | Non
         table = f"{task}__golden__{set_name}"
         if not lake.table_exists(table):
             continue  # never materialized in this lake: nothing it could have held
-        if "interaction_id" not in lake.table(table).schema().column_names:
+        golden = lake.table(table)
+        if "interaction_id" not in golden.schema().column_names:
             continue
-        snap = _golden_snapshot(lake, table, golden_version)
-        held = _read(lake, table, snap, ("interaction_id",)) if snap is not None else None
-        if held is None:
+        snap = _golden_snapshot(golden, golden_version)
+        if snap is None:
             missing.append(f"golden:{set_name}")
             continue
+        held = golden.scan(snapshot_id=snap, selected_fields=("interaction_id",)).to_arrow()
         ids = held.filter(pc.is_valid(held["interaction_id"]))["interaction_id"].combine_chunks()
         add(f"golden:{set_name}", ids, table, snap)
     rows = pa.concat_tables(parts) if parts else LINEAGE_LAYOUT.schema.empty_table()
@@ -289,10 +290,11 @@ def _from_snapshots(lake: Lake, ref: ModelVersionRef, ids: pa.Array, affected: A
     task = ref.tags.get(f"{TAG}task")
     for set_name, golden_version in (_golden_sets(ref).items() if task else ()):
         table = f"{task}__golden__{set_name}"
-        snap = _golden_snapshot(lake, table, golden_version)
+        if not lake.table_exists(table):
+            continue  # never materialized in this lake: nothing it could have held
+        snap = _golden_snapshot(lake.table(table), golden_version)
         if snap is None:
-            if lake.table_exists(table):
-                affected.unknown.append(f"golden:{set_name}")
+            affected.unknown.append(f"golden:{set_name}")
             continue
         _count(lake, table, snap, ids, f"golden:{set_name}", affected)
 
@@ -319,10 +321,10 @@ def _count(lake: Lake, table: str, snapshot_id: int, ids: pa.Array, via: str, af
         affected.via[via] = int(hits)
 
 
-def _golden_snapshot(lake: Lake, table: str, golden_version: str) -> int | None:
+def _golden_snapshot(table, golden_version: str) -> int | None:
     """The newest snapshot of a golden-set table that holds `golden_version` (the asset tags each version's commit)."""
-    if not golden_version or not lake.table_exists(table):
+    if not golden_version:
         return None
-    matching = [s for s in lake.table(table).snapshots()
+    matching = [s for s in table.snapshots()
                 if s.summary and s.summary.additional_properties.get(GOLDEN_VERSION_PROPERTY) == golden_version]
     return max(matching, key=lambda s: s.timestamp_ms).snapshot_id if matching else None
