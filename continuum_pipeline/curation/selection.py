@@ -44,6 +44,13 @@ def _sq_dist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
     return np.maximum(0.0, 2.0 - 2.0 * (x @ c))
 
 
+def _nearest_anchor(x: np.ndarray, anchors: np.ndarray, nearest: np.ndarray) -> np.ndarray:
+    """`nearest` lowered to each row's squared distance to its closest anchor (anchors in blocks of 1024)."""
+    for lo in range(0, len(anchors), 1024):
+        nearest = np.minimum(nearest, _sq_dist(x, anchors[lo:lo + 1024].T).min(axis=1))
+    return nearest
+
+
 def k_center(x: np.ndarray, k: int, anchors: np.ndarray | None = None) -> np.ndarray:
     """Greedy k-center over rows of L2-normalised `x`: indices of k picks. Without anchors the first pick is the
     row farthest from the mean (deterministic); with anchors, distances start from them (core-set)."""
@@ -52,9 +59,7 @@ def k_center(x: np.ndarray, k: int, anchors: np.ndarray | None = None) -> np.nda
     if k <= 0:
         return np.empty(0, dtype=np.int64)
     if anchors is not None and len(anchors):
-        nearest = np.full(n, np.inf)
-        for lo in range(0, len(anchors), 1024):
-            nearest = np.minimum(nearest, np.maximum(0.0, 2.0 - 2.0 * (x @ anchors[lo:lo + 1024].T)).min(axis=1))
+        nearest = _nearest_anchor(x, anchors, np.full(n, np.inf))
         first = int(np.argmax(nearest))
     else:
         first = int(np.argmax(_sq_dist(x, x.mean(axis=0))))
@@ -90,8 +95,7 @@ def active_learning(x: np.ndarray | None, reward: np.ndarray, uncertainty: np.nd
     lam = diversity_coefficient if x is not None else 0.0
     nearest = np.full(n, 4.0)  # the largest squared distance between unit vectors
     if x is not None and anchors is not None and len(anchors):
-        for lo in range(0, len(anchors), 1024):
-            nearest = np.minimum(nearest, np.maximum(0.0, 2.0 - 2.0 * (x @ anchors[lo:lo + 1024].T)).min(axis=1))
+        nearest = _nearest_anchor(x, anchors, nearest)
     chosen = np.zeros(n, dtype=bool)
     picks = []
     for _ in range(k):
