@@ -27,13 +27,9 @@ import io
 import json
 import logging
 import math
-import os
 import re
-import threading
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,6 +49,7 @@ from continuum_pipeline.capture.record import (
 )
 from continuum_pipeline.capture.writer import memoized
 from continuum_pipeline.lake.schemas import ARROW_TYPES, FEEDBACK_EVENTS, INTERACTIONS, QUARANTINE, TS
+from continuum_pipeline.privacy.redact import TaskRedactors, task_redactors
 
 log = logging.getLogger(__name__)
 
@@ -668,110 +665,6 @@ TEXT_COLUMNS = {
     "interaction": ("prompt", "messages", "response", "tool_calls", "contexts", "error_message", "metadata"),
     "feedback": ("label", "comment", "correction", "metadata"),
 }
-
-
-class TaskRedactors:
-    """Captured task name → the redactor of that task's `privacy.redaction` section (over the shared settings),
-    loaded from the task YAMLs in the settings (CONTINUUM_TASKS) and reloaded when one of them changes.
-
-    A task with no YAML gets the shared settings' redactor. Where no task is known (feedback events, quarantined
-    lines, the `None` key), `strictest`: the shared settings plus every task's own patterns and deny-list, and no
-    kind turned off, so a term some task denies cannot slip in through a feedback comment. Several YAMLs selecting
-    the same captured task combine the same way: what any adds is redacted, a kind stays only if all keep it.
-    """
-
-    def __init__(self, task_paths: tuple[Path, ...]):
-        self.task_paths = tuple(task_paths)
-        self._lock = threading.Lock()
-        self._stamp: tuple | None = None
-        self._checked = -math.inf
-        self._by_task: dict[str | None, Any] = {}
-        self._shared: Any = None
-
-    def __call__(self, task: str | None) -> Any:
-        """The task's redactor; the YAMLs are looked at again at most once a second (the writer asks per record)."""
-        self.refresh(max_age=1.0)
-        return self.get(task)
-
-    def get(self, task: str | None) -> Any:
-        return self._by_task.get(task, self._shared)
-
-    def refresh(self, max_age: float = 0.0) -> None:
-        """Reload if a task YAML was added, removed or changed since the last look (more than max_age s ago)."""
-        now = time.monotonic()
-        if now - self._checked < max_age:
-            return
-        self._checked = now
-        files = _task_yaml_files(self.task_paths)
-        stamp = tuple((str(f), _mtime(f)) for f in files)
-        if stamp == self._stamp:
-            return
-        with self._lock:
-            if stamp != self._stamp:
-                self._by_task, self._shared = self._load(files)
-                self._stamp = stamp
-
-    @staticmethod
-    def _load(files: list[Path]) -> tuple[dict[str | None, Any], Any]:
-        from continuum_pipeline.privacy.redact import redactor
-        from continuum_pipeline.task.config import RedactionSpec, load_task_config
-
-        specs: dict[str, list[RedactionSpec]] = {}
-        for path in files:  # a broken YAML raises TaskConfigError naming it: redacting without it could leak
-            task = load_task_config(path)
-            specs.setdefault(task.select.task or task.name, []).append(task.privacy.redaction)
-        everything = [s for group in specs.values() for s in group]
-        by_task: dict[str | None, Any] = {name: redactor(_combined(group)) for name, group in specs.items()}
-        by_task[None] = redactor(_combined(everything, keep_disabled=False))
-        return by_task, redactor()
-
-
-def _combined(specs: list, keep_disabled: bool = True) -> Any:
-    from continuum_pipeline.task.config import RedactionSpec
-
-    disabled = set.intersection(*(set(s.disable) for s in specs)) if specs and keep_disabled else set()
-    patterns: dict[str, str] = {}
-    for s in specs:
-        for name, pattern in s.patterns.items():
-            # Two tasks naming one entity differently: both patterns apply, as NAME and NAME_2.
-            key, i = name, 1
-            while key in patterns and patterns[key] != pattern:
-                i += 1
-                key = f"{name}_{i}"
-            patterns[key] = pattern
-    deny = sorted({term for s in specs for term in s.deny_list})
-    return RedactionSpec(disable=sorted(disabled), patterns=patterns, deny_list=deny)
-
-
-def _task_yaml_files(paths: tuple[Path, ...]) -> list[Path]:
-    # As definitions.task_yaml_files (which imports dagster, so domain code cannot): files as given, or every
-    # defs.yaml under a folder.
-    found: list[Path] = []
-    for path in paths:
-        found += sorted(path.rglob("defs.yaml")) if path.is_dir() else [path]
-    return found
-
-
-def _mtime(path: Path) -> float | None:
-    try:
-        return os.stat(path).st_mtime
-    except OSError:
-        return None
-
-
-_REDACTORS: dict[tuple, TaskRedactors] = {}
-
-
-def task_redactors(task_paths: tuple[Path, ...] | None = None) -> TaskRedactors:
-    """The TaskRedactors of these task YAMLs (default: the current settings'), one per set of paths."""
-    if task_paths is None:
-        from continuum_pipeline.settings import get_settings
-
-        task_paths = get_settings().tasks
-    key = tuple(task_paths)
-    if key not in _REDACTORS:
-        _REDACTORS[key] = TaskRedactors(key)
-    return _REDACTORS[key]
 
 
 def redact_rows(table: pa.Table, kind: str, redactors: TaskRedactors | None = None,

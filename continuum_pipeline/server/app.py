@@ -27,7 +27,7 @@ async def healthz(request: Request) -> JSONResponse:
 
 def create_app(settings: Settings, model_dir: str | None = None) -> Starlette:
     from continuum_pipeline.capture.writer import WRITER
-    from continuum_pipeline.lake.normalize import task_redactors
+    from continuum_pipeline.privacy.redact import task_redactors
     from continuum_pipeline.server import gateway, langfuse, otlp
 
     redactors = task_redactors(settings.tasks)

@@ -212,7 +212,7 @@ def make_handler(settings: Settings, check, recent: spans.RecentContexts):
             return _error(503, "the landing writer is saturated: retry later", protobuf,
                           {"Retry-After": str(RETRY_AFTER_SECONDS)})
         if result.rejected_spans:  # the errors quote span names, and logs end up in files: redacted like records
-            from continuum_pipeline.lake.normalize import task_redactors
+            from continuum_pipeline.privacy.redact import task_redactors
 
             errors = task_redactors(settings.tasks)(None).redact("; ".join(result.errors))[0]
             log.warning("OTLP export: %d LLM span(s) rejected: %s", result.rejected_spans, errors)
