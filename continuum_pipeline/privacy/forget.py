@@ -49,6 +49,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -96,6 +97,7 @@ RECEIPTS_LAYOUT = TableLayout(RECEIPTS_TABLE, RECEIPTS, (),
                               "ids only), rows removed and snapshots per table, affected model versions.")
 
 Progress = Callable[[str, dict], None]
+T = TypeVar("T")
 
 
 class ForgetRequestError(ValueError):
@@ -394,21 +396,28 @@ def _personal_tables(lake: Lake) -> list[str]:
     return found
 
 
-def _fence(lake: Lake, name: str, receipt_id: str) -> None:
-    """An empty commit: the table's head moves, so a commit prepared on an older head fails and re-reads."""
+def _retrying(commit: Callable[[], T], failure: str) -> T:
+    """`commit()` (which re-reads the table) until no concurrent commit wins, backing off; else RuntimeError."""
     from pyiceberg.exceptions import CommitFailedException
 
     for attempt in range(COMMIT_ATTEMPTS):
-        table = lake.table(name)
         try:
-            with table.transaction() as txn, txn.update_snapshot(
-                    snapshot_properties={"continuum.forget": receipt_id}).fast_append():
-                pass
-            return
+            return commit()
         except CommitFailedException:
             time.sleep(0.02 * 2 ** min(attempt, 5))
-    raise RuntimeError(f"forget: could not commit to {name!r} after {COMMIT_ATTEMPTS} attempts; rerun "
-                       "`continuum forget --resume`")
+    raise RuntimeError(failure)
+
+
+def _fence(lake: Lake, name: str, receipt_id: str) -> None:
+    """An empty commit: the table's head moves, so a commit prepared on an older head fails and re-reads."""
+
+    def commit() -> None:
+        with lake.table(name).transaction() as txn, txn.update_snapshot(
+                snapshot_properties={"continuum.forget": receipt_id}).fast_append():
+            pass
+
+    _retrying(commit, f"forget: could not commit to {name!r} after {COMMIT_ATTEMPTS} attempts; rerun "
+                      "`continuum forget --resume`")
 
 
 def delete_from_table(lake: Lake, name: str, matcher: SubjectMatcher, receipt_id: str) -> tuple[int, int]:
@@ -419,20 +428,17 @@ def delete_from_table(lake: Lake, name: str, matcher: SubjectMatcher, receipt_id
     ~40 s for a retention of 10k ids over 20k rows, and it keeps a row when any column of an OR-ed filter is null.
     Here each data file's id columns are read, the files with a match are rewritten without those rows (pyarrow
     `is_in`, nulls never match), and one overwrite commit swaps them, conditional on the snapshot read."""
-    from pyiceberg.exceptions import CommitFailedException
-
     if not lake.table_exists(name):
         return 0, 0
-    for attempt in range(COMMIT_ATTEMPTS):
+
+    def commit() -> tuple[int, int]:
         table = lake.table(name)
         if table.current_snapshot() is None:
             return 0, 0
-        try:
-            return _rewrite_without(table, name, matcher, receipt_id)
-        except CommitFailedException:
-            time.sleep(0.02 * 2 ** min(attempt, 5))
-    raise RuntimeError(f"forget: could not delete from {name!r} after {COMMIT_ATTEMPTS} attempts (other writers kept "
-                       "committing first); rerun `continuum forget --resume`")
+        return _rewrite_without(table, name, matcher, receipt_id)
+
+    return _retrying(commit, f"forget: could not delete from {name!r} after {COMMIT_ATTEMPTS} attempts (other "
+                             "writers kept committing first); rerun `continuum forget --resume`")
 
 
 def _subject_mask(rows: pa.Table, name: str, matcher: SubjectMatcher):
@@ -693,20 +699,10 @@ def _write_receipt(lake: Lake, request: ForgetRequest) -> Receipt:
     if existing.num_rows:  # a crash after the append, before the pending file went: the receipt stands
         row = existing.to_pylist()[0]
     else:
-        _append_retrying(lake, RECEIPTS_TABLE, pa.Table.from_pylist([row], schema=RECEIPTS))
+        rows = pa.Table.from_pylist([row], schema=RECEIPTS)
+        _retrying(lambda: lake.table(RECEIPTS_TABLE).append(rows),
+                  f"could not append to {RECEIPTS_TABLE!r}: other writers kept committing first; rerun")
     return Receipt(request.receipt_id, row, affected, champions)
-
-
-def _append_retrying(lake: Lake, name: str, rows: pa.Table) -> None:
-    from pyiceberg.exceptions import CommitFailedException
-
-    for attempt in range(COMMIT_ATTEMPTS):
-        try:
-            lake.table(name).append(rows)
-            return
-        except CommitFailedException:
-            time.sleep(0.02 * 2 ** min(attempt, 5))
-    raise RuntimeError(f"could not append to {name!r}: other writers kept committing first; rerun")
 
 
 def read_receipts(lake: Lake) -> list[dict]:
