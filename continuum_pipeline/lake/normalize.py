@@ -698,10 +698,10 @@ def redact_rows(table: pa.Table, kind: str, redactors: TaskRedactors | None = No
             redacted.add(record["segment"])
         if record["redactions"] == "{}":  # flagged, yet nothing found: no field, as for rows not flagged
             record["redactions"] = None
-    redacted = pa.Table.from_pylist(records, schema=table.schema)
+    rewritten = pa.Table.from_pylist(records, schema=table.schema)
     rest = np.flatnonzero(~mask)
     order = np.argsort(np.concatenate([rest, picked]), kind="stable")
-    return pa.concat_tables([table.take(pa.array(rest)), redacted]).take(pa.array(order))
+    return pa.concat_tables([table.take(pa.array(rest)), rewritten]).take(pa.array(order))
 
 
 def _flagged(table: pa.Table, kind: str, redactor: Any) -> np.ndarray:
