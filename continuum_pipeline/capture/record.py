@@ -87,6 +87,7 @@ STATUSES = ("ok", "error")
 # error_message is clipped to this many characters by the writer, after redaction: clipped first, a secret cut in two
 # would no longer be recognised and its first half would reach the disk. Builders keep up to 8× as much.
 ERROR_MESSAGE_CHARS = 2000
+ERROR_MESSAGE_BUILT_CHARS = 8 * ERROR_MESSAGE_CHARS
 CONSENTS = ("granted", "denied", "unknown")
 FEEDBACK_SIGNALS = ("score", "label", "comment", "signal", "correction", "outcome", "preferred_over")
 
@@ -266,7 +267,7 @@ def interaction_record(
         "cost_usd": _finite(ann.pop("cost_usd", None)),
         "status": "ok" if error is None else "error",
         "error_type": None if error is None else type(error).__qualname__,
-        "error_message": None if error is None else str(error)[:8 * ERROR_MESSAGE_CHARS],
+        "error_message": None if error is None else str(error)[:ERROR_MESSAGE_BUILT_CHARS],
         "metadata": to_json_text({**metadata, **ann}) if (metadata or ann) else None,
         "source": "sdk",
         "content_hash": None,

@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from continuum_pipeline.capture._decorator import new_id
-from continuum_pipeline.capture.record import CONSENTS, ERROR_MESSAGE_CHARS, interaction_record
+from continuum_pipeline.capture.record import CONSENTS, ERROR_MESSAGE_BUILT_CHARS, interaction_record
 from continuum_pipeline.capture.writer import RECORD_BYTES, WRITER
 from continuum_pipeline.server import auth
 from continuum_pipeline.server.arms import Arm, ArmsState
@@ -351,7 +351,7 @@ class Gateway:
             error = None
             if status >= 400:
                 # Cut generously: the writer redacts, then clips to ERROR_MESSAGE_CHARS (a cut secret would slip by).
-                body = answer[:8 * ERROR_MESSAGE_CHARS].decode("utf-8", "replace")
+                body = answer[:ERROR_MESSAGE_BUILT_CHARS].decode("utf-8", "replace")
                 error = UpstreamHTTPError(f"HTTP {status}: {body}")
             WRITER.submit(_build, (spec, iid, wall, elapsed, messages, answer, False, error, ctx, ann, arm),
                           size + len(answer))

@@ -28,7 +28,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from continuum_pipeline.capture.record import ERROR_MESSAGE_CHARS, SCHEMA_VERSION, iso_utc, to_json_text
+from continuum_pipeline.capture.record import ERROR_MESSAGE_BUILT_CHARS, SCHEMA_VERSION, iso_utc, to_json_text
 
 try:  # metadata holds every raw attribute: orjson encodes it ~5x faster than json when it is installed
     import orjson
@@ -469,7 +469,7 @@ def map_span(span: Any, attrs: dict[str, Any], resource: dict[str, Any], scope: 
         "cost_usd": cost,
         "status": "error" if failed else "ok",
         "error_type": _str(error_type) if failed else None,
-        "error_message": str(error_message)[:8 * ERROR_MESSAGE_CHARS] if failed and error_message else None,
+        "error_message": str(error_message)[:ERROR_MESSAGE_BUILT_CHARS] if failed and error_message else None,
         "metadata": _dumps(metadata),
         "source": "otlp",
     }
