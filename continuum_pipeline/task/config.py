@@ -243,15 +243,14 @@ class CurationSpec(_Strict):
         return self
 
 
-PII_KINDS = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS", "SECRET")
+PIIKind = Literal["EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS", "SECRET"]
 
 
 class RedactionSpec(_Strict):
     """What the task adds to (or takes from) the shared redaction settings, applied wherever the task is known:
     at ingest, in the receiver and the gateway. The SDK itself follows the CONTINUUM_REDACT_* settings."""
 
-    disable: list[Literal["EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS",
-                          "SECRET"]] = Field(
+    disable: list[PIIKind] = Field(
         default_factory=list, description="PII kinds (Presidio entity names) this task keeps verbatim.")
     patterns: dict[str, str] = Field(
         default_factory=dict, description="Extra entity NAME → regular expression; matches become `<NAME>`.")
