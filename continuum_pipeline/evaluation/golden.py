@@ -148,8 +148,8 @@ def read_golden_file(path: Path, slices: Sequence[str]) -> pa.Table:
 
 
 def production_holdout(candidates: pa.Table, size: int, min_reward: float, seed: int, slices: Sequence[str],
-                       existing: pa.Table | None = None, privacy: PrivacyPolicy | None = None,
-                       removed: dict[str, int] | None = None) -> pa.Table:
+                       existing: pa.Table | None, privacy: PrivacyPolicy, removed: dict[str, int] | None = None
+                       ) -> pa.Table:
     """High-reward interactions held out for evaluation: the existing items stay as they are (a frozen set),
     and the set is topped up to `size` with a reproducible pseudo-random draw (sha256 of seed and id).
 
@@ -157,12 +157,9 @@ def production_holdout(candidates: pa.Table, size: int, min_reward: float, seed:
     counted into `removed`; an item of an earlier version that the policy now keeps out leaves the set (counted
     as `dropped from the frozen set`): freezing never keeps excluded data."""
     removed = removed if removed is not None else {}
-    if privacy is not None:
-        allowed = privacy.apply(candidates, removed)
-        out = set(candidates["interaction_id"].to_pylist()) - set(allowed["interaction_id"].to_pylist())
-        candidates = allowed
-    else:
-        out = {r["interaction_id"] for r in candidates.to_pylist() if r["consent"] == "denied"}
+    allowed = privacy.apply(candidates, removed)
+    out = set(candidates["interaction_id"].to_pylist()) - set(allowed["interaction_id"].to_pylist())
+    candidates = allowed
     kept = existing.to_pylist() if existing is not None else []
     before = len(kept)
     kept = [r for r in kept if r["interaction_id"] not in out]
@@ -170,7 +167,7 @@ def production_holdout(candidates: pa.Table, size: int, min_reward: float, seed:
     have = {r["interaction_id"] for r in kept}
     eligible = []
     for r in candidates.to_pylist():
-        if (r["interaction_id"] in have or r["status"] != "ok" or r["consent"] == "denied"
+        if (r["interaction_id"] in have or r["status"] != "ok"  # consent: privacy.apply kept the allowed only
                 or r["reward"] is None or r["reward"] < min_reward or not r["target_response"] or not r["messages"]):
             continue
         eligible.append((hashlib.sha256(f"{seed}:{r['interaction_id']}".encode()).hexdigest(), r))
