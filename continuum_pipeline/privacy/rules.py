@@ -118,13 +118,13 @@ def check_rules(rules: Sequence[NamedRule], schema: pa.Schema | None = None) -> 
     a non-boolean expression or a second statement fails here, naming the rule, not halfway through a run."""
     import duckdb
 
+    schema = schema or _interactions_schema()
     con = duckdb.connect()
-    con.register("interactions", (schema or _interactions_schema()).empty_table())
+    con.register("interactions", schema.empty_table())
+    fix = f"fix `where`: one DuckDB boolean expression over the interactions columns ({', '.join(schema.names)})"
     for r in rules:
         if not r.rule.where:
             continue
-        fix = ("fix `where`: one DuckDB boolean expression over the interactions columns "
-               f"({', '.join((schema or _interactions_schema()).names)})")
         query = f"select ({r.rule.where}) as excluded from interactions"
         try:
             statements = con.extract_statements(query)
