@@ -67,9 +67,9 @@ class _Unit:
     rules: tuple[NamedRule, ...] = ()
 
 
-def _units(con, tasks: Sequence[TaskConfig], only: str | None) -> list[_Unit]:
+def _units(con, tasks: Sequence[TaskConfig], rules: dict[str, list[NamedRule]], only: str | None) -> list[_Unit]:
     if tasks:
-        units = [_Unit(t.name, t.selection_sql(), tuple(rules_for(t))) for t in tasks]
+        units = [_Unit(t.name, t.selection_sql(), tuple(rules[t.name])) for t in tasks]
     else:  # no task instances configured: the captured task names, without rules
         names = [n for (n,) in con.execute("select distinct task from interactions where task is not null "
                                            "order by task").fetchall()]
@@ -89,8 +89,9 @@ def privacy_report(lake, tasks: Sequence[TaskConfig] = (), task: str | None = No
     if tasks and task is not None and task not in {t.name for t in tasks}:
         raise ValueError(f"--task {task}: no such task instance; the configured tasks are "
                          f"{', '.join(t.name for t in tasks)}")
-    for t in tasks:
-        check_rules(rules_for(t))  # a bad rule is named before any query
+    rules = {t.name: rules_for(t) for t in tasks}
+    for named in rules.values():
+        check_rules(named)  # a bad rule is named before any query
     if lake.table_exists("interactions"):
         con = duckdb.connect()
         con.execute("SET TimeZone = 'UTC'")
@@ -107,7 +108,7 @@ def privacy_report(lake, tasks: Sequence[TaskConfig] = (), task: str | None = No
             report.notes.append("the interactions table has no `redactions` column yet (ingested before redaction): "
                                 "no PII counts")
         window = f"cast(ts as date) >= {sql_literal(since.isoformat())}::date" if since else "true"
-        for unit in _units(con, tasks, task):
+        for unit in _units(con, tasks, rules, task):
             report.days += _unit_days(con, unit, window, "redactions" in columns, has_feedback)
     else:
         report.notes.append("the lake has no interactions yet")
