@@ -121,19 +121,16 @@ def embed_cached(texts: Sequence[str], embedder: Embedder, cached: pa.Table | No
     return EmbeddingBatch(matrix, len(missing), new_rows)
 
 
-def lookup(texts: Sequence[str], table: pa.Table | None, embedder_version: str | None = None) -> np.ndarray | None:
-    """Cached vectors for `texts` (of one embedder: the given one, else the one covering most texts), or None
-    when some text has none: selection then says which asset to materialize instead of embedding silently."""
+def lookup(texts: Sequence[str], table: pa.Table | None) -> np.ndarray | None:
+    """Cached vectors for `texts`, of the first embedder version (in name order) that has them all, or None when
+    none has: selection then says which asset to materialize instead of embedding silently."""
     if table is None or not table.num_rows or not texts:
         return None
     hashes = [text_hash(t) for t in texts]
-    versions = [embedder_version] if embedder_version else sorted(set(table["embedder"].to_pylist()))
-    best = None
-    for version in versions:
+    for version in sorted(set(table["embedder"].to_pylist())):
         mine = table.filter(pc.equal(table["embedder"], version))
         index = dict(zip(mine["text_hash"].to_pylist(), range(mine.num_rows), strict=True))
         if all(h in index for h in hashes):
             vectors = mine["vector"].to_pylist()
-            best = np.asarray([vectors[index[h]] for h in hashes], dtype=np.float32)
-            break
-    return best
+            return np.asarray([vectors[index[h]] for h in hashes], dtype=np.float32)
+    return None
