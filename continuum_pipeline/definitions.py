@@ -12,18 +12,17 @@ import dagster as dg
 
 from continuum_pipeline.defs.data_plane import data_plane
 from continuum_pipeline.settings import Settings, SettingsError, get_settings
+from continuum_pipeline.settings import task_yaml_files as find_task_yaml_files
 
 
 def task_yaml_files(paths: tuple[Path, ...]) -> list[Path]:
     """Task instances: YAML files given directly, or every `defs.yaml` under a given folder."""
-    found: list[Path] = []
     for path in paths:
         # Checked here, not in Settings: the capture SDK reads Settings inside apps that have no task files.
         if not path.exists():
             raise SettingsError(f"CONTINUUM_TASKS names {path}, which does not exist; point it at task YAML "
                                 "files or folders (`continuum init TASK` writes one)")
-        found += sorted(path.rglob("defs.yaml")) if path.is_dir() else [path]
-    return found
+    return find_task_yaml_files(paths)
 
 
 def load_tasks(paths: tuple[Path, ...]) -> list[dg.Definitions]:

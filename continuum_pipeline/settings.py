@@ -44,6 +44,15 @@ def _float_env(name: str, default: float) -> float:
         raise SettingsError(f"{name}={raw!r} is not a number; set it to a number such as {default}") from None
 
 
+def task_yaml_files(paths) -> list[Path]:
+    """Task instances among CONTINUUM_TASKS-style paths: a file as given, every `defs.yaml` under a folder.
+    Stdlib, so the receiver, ingest and Dagster code all find the same files the same way."""
+    found: list[Path] = []
+    for path in paths:
+        found += sorted(path.rglob("defs.yaml")) if path.is_dir() else [path]
+    return found
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where everything lives and how the capture SDK behaves.

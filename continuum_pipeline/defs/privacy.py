@@ -9,6 +9,7 @@ import dagster as dg
 
 from continuum_pipeline.defs.metadata import markdown_table
 from continuum_pipeline.defs.resources import FlywheelResource, LakeResource, LandingResource, MLflowResource
+from continuum_pipeline.settings import task_yaml_files
 from continuum_pipeline.task.config import TaskConfig
 
 RECEIPTS_KEY = dg.AssetKey("deletion_receipts")
@@ -93,7 +94,7 @@ def privacy_upkeep(context: dg.OpExecutionContext, lake: LakeResource, landing: 
         context.log.warning(f"{swept.row['interactions']} interactions of forgotten subjects had come back (a writer "
                             f"that read the lake before a deletion) and were forgotten again: {swept.receipt_id}")
         context.log_event(_receipt_event(swept))
-    for path in _task_files(get_settings().tasks):
+    for path in task_yaml_files(p for p in get_settings().tasks if p.exists()):
         task = load_task_config(path)
         result = apply_retention(the_lake, task, home=flywheel.home, landing=landing.path,
                                  tracking_uri=mlflow.tracking_uri, progress=_progress(context))
@@ -112,11 +113,6 @@ privacy_upkeep_schedule = dg.ScheduleDefinition(name="privacy_upkeep_schedule", 
                                                 cron_schedule="7 3 * * *",
                                                 default_status=dg.DefaultScheduleStatus.RUNNING,
                                                 description="Nightly: finish pending deletions, apply retention.")
-
-
-def _task_files(paths) -> list:
-    """The code location's task YAML files (as definitions.task_yaml_files; importing that module builds them)."""
-    return [f for p in paths if p.exists() for f in (sorted(p.rglob("defs.yaml")) if p.is_dir() else [p])]
 
 
 def retrain_on_forget_sensor(task: TaskConfig, training_job) -> dg.SensorDefinition:

@@ -60,7 +60,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from continuum_pipeline.settings import SettingsError
+from continuum_pipeline.settings import SettingsError, task_yaml_files
 
 PLACEHOLDERS = {
     "EMAIL_ADDRESS": "<EMAIL>",
@@ -673,7 +673,7 @@ class TaskRedactors:
         if now - self._checked < max_age:
             return
         self._checked = now
-        files = _task_yaml_files(self.task_paths)
+        files = task_yaml_files(self.task_paths)
         stamp = tuple((str(f), _mtime(f)) for f in files)
         if stamp == self._stamp:
             return
@@ -711,15 +711,6 @@ def _combined(specs: list, keep_disabled: bool = True) -> Any:
             patterns[key] = pattern
     deny = sorted({term for s in specs for term in s.deny_list})
     return RedactionSpec(disable=sorted(disabled), patterns=patterns, deny_list=deny)
-
-
-def _task_yaml_files(paths: tuple[Path, ...]) -> list[Path]:
-    # As definitions.task_yaml_files (which imports dagster, so domain code cannot): files as given, or every
-    # defs.yaml under a folder.
-    found: list[Path] = []
-    for path in paths:
-        found += sorted(path.rglob("defs.yaml")) if path.is_dir() else [path]
-    return found
 
 
 def _mtime(path: Path) -> float | None:
