@@ -42,7 +42,10 @@ def load_tasks(paths: tuple[Path, ...]) -> list[dg.Definitions]:
 
 def build_definitions(settings: Settings | None = None, sql_dir: Path | None = None) -> dg.Definitions:
     settings = settings or get_settings()
-    return dg.Definitions.merge(data_plane(settings, sql_dir), *load_tasks(settings.tasks))
+    # Steps run one after another in the run's process: two torch steps at once on a small machine run ~10×
+    # slower, training is out of process already (Pipes), and a step subprocess would re-import everything.
+    return dg.Definitions.merge(data_plane(settings, sql_dir), *load_tasks(settings.tasks),
+                                dg.Definitions(executor=dg.in_process_executor))
 
 
 defs = build_definitions()
