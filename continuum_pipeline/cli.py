@@ -49,19 +49,19 @@ def _instance():
 
 
 def run_job(name: str, instance=None, tags: dict[str, str] | None = None, settings: Settings | None = None,
-            raise_on_error: bool = True):
-    """Run one of the code location's jobs in this process, recorded in the persisted instance (visible in the UI),
-    printing through the compact console logger. Guarded (run_guard): runs left by dead processes are failed and
-    their pool slots freed, a wait for a pool slot says what holds it and gives up after CONTINUUM_POOL_WAIT_SECONDS
-    (PoolWaitTimeout), SIGTERM/SIGINT stop the run (Interrupted) and nothing is left holding a slot."""
-    from continuum_pipeline import run_guard
-    from continuum_pipeline.definitions import build_definitions
+            raise_on_error: bool = True, run_config: dict | None = None):
+    """Run one of the code location's jobs as a run of the code location (listed under its job in the UI; see
+    runs.py), executed in this process and recorded in the persisted instance, printing through the compact console
+    logger. Guarded (run_guard): runs left by dead processes are failed and their pool slots freed, a wait for a pool
+    slot says what holds it and gives up after CONTINUUM_POOL_WAIT_SECONDS (PoolWaitTimeout), SIGTERM/SIGINT stop
+    the run (Interrupted) and nothing is left holding a slot."""
+    from continuum_pipeline import runs
     from continuum_pipeline.defs.loggers import COMPACT_RUN_CONFIG
 
     settings = settings or get_settings()
-    job = build_definitions(settings).resolve_job_def(name)
-    return run_guard.execute(job, instance or _instance(), wait_seconds=settings.pool_wait_seconds,
-                             run_config=COMPACT_RUN_CONFIG, tags=tags, raise_on_error=raise_on_error)
+    return runs.execute_job(name, instance or _instance(), wait_seconds=settings.pool_wait_seconds,
+                            run_config={**COMPACT_RUN_CONFIG, **(run_config or {})}, tags=tags,
+                            raise_on_error=raise_on_error)
 
 
 def print_table(headers: list[str], rows: list[list]) -> None:
@@ -365,9 +365,6 @@ def cmd_forget(args: argparse.Namespace) -> int:
     """The forget_job as a supervised run (SIGTERM stops it; a rerun or --resume finishes it), then the receipts."""
     from datetime import UTC, datetime
 
-    from continuum_pipeline import run_guard
-    from continuum_pipeline.definitions import build_definitions
-    from continuum_pipeline.defs.loggers import COMPACT_RUN_CONFIG
     from continuum_pipeline.lake.catalog import Lake
     from continuum_pipeline.privacy.forget import read_receipts
 
@@ -380,10 +377,8 @@ def cmd_forget(args: argparse.Namespace) -> int:
     config = {"users": args.user, "sessions": args.session, "interactions": args.interaction,
               "requested_by": args.requested_by}
     started = datetime.now(UTC)
-    job = build_definitions(settings).resolve_job_def("forget_job")
-    result = run_guard.execute(job, _instance(), wait_seconds=settings.pool_wait_seconds,
-                               run_config={**COMPACT_RUN_CONFIG, "ops": {"forget": {"config": config}}},
-                               tags={"continuum/trigger": "cli:forget"}, raise_on_error=False)
+    result = run_job("forget_job", tags={"continuum/trigger": "cli:forget"}, settings=settings, raise_on_error=False,
+                     run_config={"ops": {"forget": {"config": config}}})
     for receipt in [r for r in read_receipts(Lake.from_settings(settings)) if r["completed_at"] >= started]:
         print(f"deletion receipt {receipt['receipt_id']} ({receipt['rows_removed']} rows removed; requested by "
               f"{receipt['requested_by']})")

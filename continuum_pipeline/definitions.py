@@ -48,4 +48,7 @@ def build_definitions(settings: Settings | None = None, sql_dir: Path | None = N
                                 dg.Definitions(executor=dg.in_process_executor))
 
 
-defs = build_definitions()
+@dg.definitions
+def defs() -> dg.Definitions:
+    """Built when loaded (not at import): a code location loaded again in one process sees the settings in effect."""
+    return build_definitions()

@@ -24,7 +24,6 @@ import socket
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -351,12 +350,11 @@ class _SlotWait:
         raise dg.DagsterExecutionInterruptedError(f"{name} while waiting for a slot in pool {pool}")
 
 
-def execute(job_def, instance, *, wait_seconds: float, run_config: Mapping[str, Any] | None = None,
-            tags: Mapping[str, str] | None = None, raise_on_error: bool = True, say: Say = _say):
-    """`job_def.execute_in_process` in `instance`, guarded as this module's docstring says."""
+def execute(instance, run_id: str, start: Callable[[str], Any], *, wait_seconds: float, say: Say = _say):
+    """`start(run_id)` — the execution of an existing run of `instance` in this process — guarded as this module's
+    docstring says. The run must carry process_tags()."""
     import dagster as dg
 
-    run_id = str(uuid.uuid4())
     with watching_signals() as watch:
         _reap(instance, say)
         storage = instance.event_log_storage
@@ -365,9 +363,7 @@ def execute(job_def, instance, *, wait_seconds: float, run_config: Mapping[str, 
         if watch is not None:
             watch.instance, watch.run_id = instance, run_id
         try:
-            result = job_def.execute_in_process(run_config=run_config, instance=instance, run_id=run_id,
-                                                tags={**(tags or {}), **process_tags()},
-                                                raise_on_error=raise_on_error)
+            result = start(run_id)
         except dg.DagsterExecutionInterruptedError as exc:
             if watch is not None and watch.signum is not None:
                 raise Interrupted(watch.signum, _after(instance, run_id)) from exc
