@@ -56,3 +56,5 @@ def test_a_sensor_tick_is_recorded_and_its_queued_run_executes_here(settings):
     [again] = runs.tick_sensors(instance, ["landing_sensor"])
     assert again.status == "NOT_EVALUATED" and "minimum interval" in again.reason
     assert runs.execute_queued(instance, tick.run_ids, wait_seconds=30) == {}  # already taken off the queue
+    [due] = runs.tick_sensors(instance, ["landing_sensor"], due=True)  # a clock faster than the interval
+    assert due.status == "SKIPPED" and "no new segments" in due.reason

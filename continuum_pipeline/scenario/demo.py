@@ -6,11 +6,13 @@ Simulated days (traffic carries its own timestamps, so quality_daily has a histo
   days 4–5  v1 serves
   day 6     the policy changes: some intents get new answers and more traffic
   days 6–7  v1 still serves: its stale answers show in ratings, edits and reopened tickets
-  cycle 2   started by the quality-drop sensor's decision → v2, gated against v1, promoted to champion
+  cycle 2   launched by the quality-drop sensor's own tick → v2, gated against v1, promoted to champion
 Then every version answers the golden set: the learning curve, printed and written as JSON.
 
-The demo drives the support desk's task (scenario/defs/support_desk/defs.yaml) through the same jobs a
-user's task gets: `ingest_job`, `support_answer_training_job`, `support_answer_monitoring_job`.
+The demo drives a copy of the support desk's task (scenario/defs/support_desk/defs.yaml, with no cooldown: a week
+passes in minutes) through the same jobs and sensors a user's task gets, as runs of the code location that the
+UI lists under their jobs: `ingest_job`, `support_answer_training_job`, `support_answer_monitoring_job`, and the
+sensors evaluated through Dagster's sensor-daemon tick (their ticks, cursors and run keys are in the UI).
 `continuum demo` comes from this module through the `continuum.commands` entry point.
 """
 
@@ -48,23 +50,58 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
+def _gates(result, gates: list[dict]) -> None:
+    """Keep the eval gate's verdict (its metadata) from a run's events."""
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_CHECK_EVALUATION":
+            check = event.event_specific_data
+            meta = {k: getattr(v, "value", v) for k, v in check.metadata.items()}
+            gates.append({"passed": check.passed, "champion": meta.get("champion"),
+                          "candidate_accuracy": meta.get("accuracy_candidate"),
+                          "champion_accuracy": meta.get("accuracy_champion"),
+                          "failed_rows": meta.get("failed_slices"), "table": meta.get("slices")})
+
+
 def _run(settings: Settings, job: str, tags: dict[str, str] | None = None, gates: list[dict] | None = None) -> bool:
-    """Run a job; with `gates`, keep the eval gate's verdict (its metadata) from the run's events."""
+    """Run a job of the code location (listed under it in the UI); with `gates`, keep the eval gate's verdict."""
     from continuum_pipeline.cli import run_job
 
     started = time.perf_counter()
     result = run_job(job, tags={"continuum/source": "demo", **(tags or {})}, settings=settings, raise_on_error=False)
-    _say(f"    {job}: {'ok' if result.success else 'FAILED'} in {time.perf_counter() - started:.0f}s")
+    _say(f"    {job}: {'ok' if result.success else 'FAILED'} in {time.perf_counter() - started:.0f}s "
+         f"(run {result.run_id[:8]})")
     if gates is not None:
-        for event in result.all_events:
-            if event.event_type_value == "ASSET_CHECK_EVALUATION":
-                check = event.event_specific_data
-                meta = {k: getattr(v, "value", v) for k, v in check.metadata.items()}
-                gates.append({"passed": check.passed, "champion": meta.get("champion"),
-                              "candidate_accuracy": meta.get("accuracy_candidate"),
-                              "champion_accuracy": meta.get("accuracy_champion"),
-                              "failed_rows": meta.get("failed_slices"), "table": meta.get("slices")})
+        _gates(result, gates)
     return result.success
+
+
+def _tick(settings: Settings, sensors: list[str], gates: list[dict] | None = None) -> list:
+    """Evaluate sensors through the daemon's tick function, in this order (due now: the demo's clock runs faster
+    than their 5-minute interval); execute the runs they requested."""
+    import dagster as dg
+
+    from continuum_pipeline import runs
+
+    instance = dg.DagsterInstance.get()
+    ticks = runs.tick_sensors(instance, sensors, due=True)
+    for tick in ticks:
+        what = (f"launched run {', '.join(r[:8] for r in tick.run_ids)}" if tick.run_ids else
+                "skipped" if tick.status == "SKIPPED" else tick.status.lower())
+        _say(f"    {tick.sensor}: {what} — {tick.reason or _run_reason(instance, tick.run_ids)}")
+    requested = [r for tick in ticks for r in tick.run_ids]
+    for run_id, result in runs.execute_queued(instance, requested, wait_seconds=settings.pool_wait_seconds).items():
+        run = instance.get_run_by_id(run_id)
+        also = [k.removeprefix("continuum/also/") for k in run.tags if k.startswith("continuum/also/")]
+        _say(f"    {run.job_name} (run {run_id[:8]}, launched by {run.tags.get('dagster/sensor_name')}"
+             + (f"; also wanted by {', '.join(also)}" if also else "") + f"): {'ok' if result.success else 'FAILED'}")
+        if gates is not None:
+            _gates(result, gates)
+    return ticks
+
+
+def _run_reason(instance, run_ids: list[str]) -> str:
+    run = instance.get_run_by_id(run_ids[0]) if run_ids else None
+    return run.tags.get("continuum/reason", "") if run else ""
 
 
 def run_demo(scenario_path: str | None, json_out: Path | None, size: DemoSize | None = None) -> DemoReport:
@@ -78,11 +115,11 @@ def run_demo(scenario_path: str | None, json_out: Path | None, size: DemoSize | 
     started = time.perf_counter()
     os.environ["CONTINUUM_SCENARIO_PHASE"] = "before"
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per model copy clutters the story
-    task_yaml = example.PACKAGED_TASK
     if scenario_path:
         os.environ["CONTINUUM_SCENARIO"] = str(Path(scenario_path).resolve())
-        # another scenario has other golden questions: its own copy of the task, with a golden file made from it
-        task_yaml = example.write_task(get_settings().home / "demo-task" / "support_desk", os.environ["CONTINUUM_SCENARIO"])
+    # A copy of the packaged task with no cooldown between trainings: the demo's week passes in minutes.
+    task_yaml = example.write_task(get_settings().home / "demo-task" / "support_desk",
+                                   os.environ.get("CONTINUUM_SCENARIO"), triggers={"cooldown_hours": 0})
     os.environ["CONTINUUM_TASKS"] = str(task_yaml)
     settings = get_settings()
     prepare_home(settings)
@@ -138,31 +175,35 @@ def run_demo(scenario_path: str | None, json_out: Path | None, size: DemoSize | 
     for day in (6, 7):
         traffic(day, size.after_change_per_day, "after", student.generate, "student", v1.version, "student")
 
-    # --- cycle 2, started by the quality-drop sensor's decision -----------------------------------
+    # --- cycle 2, launched by the quality-drop sensor's tick ----------------------------------------
     _say("\nMonitoring: ingest → relabel under the new knowledge base → quality_daily")
     _run(settings, "ingest_job")
     _run(settings, f"{task.name}_monitoring_job")
-    from continuum_pipeline.defs.flywheel.triggers import quality_drop_decision
-    from continuum_pipeline.defs.resources import resources_from_settings
-
-    decision = quality_drop_decision(resources_from_settings(settings)["lake"], task)
-    _say(f"    quality_drop_sensor: {'FIRES' if decision.fire else 'quiet'} — {decision.reason}")
-    if decision.fire:
-        _say("\nCycle 2: retrain from the champion on the relabelled lake")
-        _run(settings, f"{task.name}_training_job",
-             {"continuum/trigger": "quality_drop_sensor", "continuum/reason": decision.reason}, gates=report.gates)
+    _say("\nThe training sensors tick (Dagster's sensor-daemon tick, as under `continuum ui`):")
+    training_sensors = [f"{task.name}_{kind}_sensor" for kind in ("quality_drop", "error_rate", "sample_count")]
+    ticks = _tick(settings, training_sensors, gates=report.gates)
+    launched = next((t for t in ticks if t.run_ids), None)
+    if launched is not None:
         latest = models.versions(settings.mlflow_uri, task.registered_model_name)[-1]
         if latest.version != v1.version:
-            passed = "challenger" in latest.aliases
-            report.cycles.append({"cycle": 2, "trigger": decision.reason, "registered": latest.version})
-            if passed:
-                models.promote(settings.mlflow_uri, task.registered_model_name, latest.version)
-                _say(f"    v{latest.version} passed the gate; promoted to champion")
+            report.cycles.append({"cycle": 2, "trigger": f"{launched.sensor}: {launched.reason}",
+                                  "registered": latest.version})
+            if "challenger" in latest.aliases:
+                _promote(settings, task, latest.version, f"cycle 2 passed the gate against v{v1.version}")
         else:
-            report.cycles.append({"cycle": 2, "trigger": decision.reason, "registered": None})
+            report.cycles.append({"cycle": 2, "trigger": launched.sensor, "registered": None})
             _say("    the candidate failed the eval gate: nothing registered (see the check in the UI)")
+        _say("\nThe same sensors again, with no new traffic: nothing retrains on unchanged data")
+        _tick(settings, training_sensors)
 
     return _finish(report, settings, task, desk, json_out, started)
+
+
+def _promote(settings: Settings, task: TaskConfig, version: str, reason: str) -> None:
+    """Promotion is a Dagster run (the task's promotion job): its events state the aliases as they are."""
+    ok = _run(settings, f"{task.name}_promotion_job", {"continuum/trigger": "demo: gate passed"})
+    if ok:
+        _say(f"    v{version} promoted to champion ({reason})")
 
 
 def _task_dir(settings: Settings, task: TaskConfig) -> Path:

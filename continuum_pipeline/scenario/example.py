@@ -77,11 +77,19 @@ def write_golden_file(path: Path, d: SupportDesk | None = None) -> Path:
     return path
 
 
-def write_task(folder: Path, scenario_path: str | None) -> Path:
-    """A task instance for another scenario file: the packaged defs.yaml with a golden file generated from it."""
+def write_task(folder: Path, scenario_path: str | None, triggers: dict | None = None) -> Path:
+    """A copy of the packaged task instance with a golden file generated from the scenario (another scenario has
+    other golden questions), and `triggers` settings replaced."""
+    import yaml
+
     folder.mkdir(parents=True, exist_ok=True)
     write_golden_file(folder / "golden.jsonl", _desk(scenario_path))
-    (folder / "defs.yaml").write_text(PACKAGED_TASK.read_text(encoding="utf-8"), encoding="utf-8")
+    text = PACKAGED_TASK.read_text(encoding="utf-8")
+    if triggers:
+        data = yaml.safe_load(text)
+        data["attributes"]["triggers"] = {**data["attributes"].get("triggers", {}), **triggers}
+        text = yaml.safe_dump(data, sort_keys=False)
+    (folder / "defs.yaml").write_text(text, encoding="utf-8")
     return folder / "defs.yaml"
 
 
