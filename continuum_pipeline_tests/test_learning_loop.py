@@ -251,7 +251,7 @@ def test_trigger_decisions():
     assert not quality_drop(steady, window_days=3, max_drop=0.15).fire
     dropped = steady + [day(5, 0.6)]
     decision = quality_drop(dropped, window_days=3, max_drop=0.15)
-    assert decision.fire and decision.key == "quality-drop-2026-11-05" and "drop" in decision.reason
+    assert decision.fire and decision.key == "quality-drop:base:2026-11-05" and "drop" in decision.reason
     assert not quality_drop([day(1, 0.9)], 3, 0.15).fire
     assert error_rate([day(1, 0.9, 0.1), day(2, 0.9, 0.45)], max_rate=0.3).fire
     assert not error_rate([day(1, 0.9, 0.45, n=5)], max_rate=0.3).fire  # too little feedback to tell

@@ -52,8 +52,9 @@ def sensor(task, kind: str) -> dg.SensorDefinition:
 
 
 def evaluate(task, kind: str, settings, instance, cursor=None):
+    resources = resources_from_settings(settings)
     ctx = dg.build_sensor_context(instance=instance, cursor=cursor,
-                                  resources={"lake": resources_from_settings(settings)["lake"]})
+                                  resources={"lake": resources["lake"], "mlflow": resources["mlflow"]})
     return sensor(task, kind)(ctx), ctx.cursor
 
 
@@ -68,7 +69,7 @@ def test_quality_drop_fires_once_and_respects_the_cooldown(lake, settings):
     with dg.instance_for_test() as instance:
         first, cursor = evaluate(TASK, "quality_drop", settings, instance)
         assert isinstance(first, dg.RunRequest)
-        assert first.run_key == "support_answer:quality_drop:quality-drop-2026-11-04"
+        assert first.run_key == "support_answer:quality_drop:quality-drop:base:2026-11-04"
         assert first.tags["continuum/trigger"] == "support_answer:quality_drop" and "drop" in first.tags["continuum/reason"]
         assert first.tags["continuum/task"] == "support_answer"
         again, _ = evaluate(TASK, "quality_drop", settings, instance, cursor)
@@ -98,7 +99,7 @@ def test_error_rate_fires_on_negative_feedback(lake, settings):
     fill(lake, settings, {1: 0.9, 2: 0.9}, negative_share=0.45)
     with dg.instance_for_test() as instance:
         fired, _ = evaluate(TASK, "error_rate", settings, instance)
-        assert isinstance(fired, dg.RunRequest) and fired.run_key == "support_answer:error_rate:error-rate-2026-11-02"
+        assert isinstance(fired, dg.RunRequest) and fired.run_key == "support_answer:error_rate:error-rate:base:2026-11-02"
         # the threshold is the task's: 18 of the 20 rated answers a day are negative (90%), under a 95% threshold
         calm, _ = evaluate(support_task(max_negative_rate=0.95), "error_rate", settings, instance)
         assert isinstance(calm, dg.SkipReason) and "negative-feedback rate" in calm.skip_message

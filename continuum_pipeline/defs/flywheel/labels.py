@@ -5,6 +5,7 @@ import dagster as dg
 from continuum_pipeline.defs.flywheel.keys import group, key
 from continuum_pipeline.defs.metadata import markdown_table, table_rows
 from continuum_pipeline.defs.resources import FlywheelResource, LakeResource
+from continuum_pipeline.defs.sql.assets import follows_upstream
 from continuum_pipeline.task.config import TaskConfig
 
 
@@ -20,7 +21,7 @@ def build_judges(task: TaskConfig, flywheel: FlywheelResource, names: set[str] |
 
 def reward_labels(task: TaskConfig) -> dg.AssetsDefinition:
     @dg.asset(key=key(task, "reward_labels"), group_name=group(task, "labels"), deps=["interactions"],
-              kinds={"iceberg", "python"}, pool="continuum_labels", automation_condition=dg.AutomationCondition.eager(),
+              kinds={"iceberg", "python"}, pool="continuum_labels", automation_condition=follows_upstream(),
               description=f"Scores per interaction × criterion in [0, 1] from the task's judges "
                           f"({', '.join(j.name for j in task.judges)}). Incremental: only interactions a judge "
                           "version has not labelled yet; a changed judge configuration relabels.")

@@ -6,7 +6,7 @@ import dagster as dg
 
 from continuum_pipeline.defs.flywheel.keys import group, key
 from continuum_pipeline.defs.resources import LakeResource
-from continuum_pipeline.defs.sql.assets import run_sql_model
+from continuum_pipeline.defs.sql.assets import follows_upstream, run_sql_model
 from continuum_pipeline.sql_models.project import SqlModel, SqlProject
 from continuum_pipeline.task.config import TaskConfig
 
@@ -23,7 +23,7 @@ def _deps(task: TaskConfig, model: SqlModel, project: SqlProject) -> list[dg.Ass
 
 def _asset(task: TaskConfig, model: SqlModel, project: SqlProject) -> dg.AssetsDefinition:
     @dg.asset(key=key(task, model.name), group_name=group(task, "sql"), deps=_deps(task, model, project),
-              kinds={"duckdb", "sql", "iceberg"}, automation_condition=dg.AutomationCondition.eager(),
+              kinds={"duckdb", "sql", "iceberg"}, automation_condition=follows_upstream(),
               description=model.description or f"SQL model {model.path.name}",
               metadata={"sql_file": str(model.path), "table": task.table(model.name),
                         "sql": dg.MetadataValue.md(f"```sql\n{model.template.strip()}\n```")})

@@ -9,6 +9,17 @@ from continuum_pipeline.defs.resources import LakeResource
 from continuum_pipeline.sql_models.project import SqlModel, SqlProject
 
 
+def follows_upstream() -> dg.AutomationCondition:
+    """Eager, and also on the automation sensor's first look: `eager()` alone only reacts to parents updated after
+    it started (its `since_last_handled` resets on the first evaluation), so interactions ingested before automation
+    was on would never be labelled. A target that is missing while its parents are there is requested once when
+    that becomes true (`newly_true`: a failed run is not retried every tick)."""
+    A = dg.AutomationCondition
+    present_parents = (A.missing() & ~A.any_deps_missing()).newly_true()
+    return (A.eager() | (present_parents & ~A.any_deps_in_progress() & ~A.in_progress())).with_label(
+        "eager, or missing with its parents present")
+
+
 def run_sql_model(context: dg.AssetExecutionContext, the_lake, project: SqlProject, name: str,
                   binding=None) -> dg.MaterializeResult:
     """Run one SQL model (a task's copy when `binding` is given) and describe what it wrote."""
@@ -39,7 +50,7 @@ def sql_model_asset(model: SqlModel, project: SqlProject) -> dg.AssetsDefinition
         deps=deps,
         kinds={"duckdb", "sql", "iceberg"},
         description=model.description or f"SQL model {model.path.name}",
-        automation_condition=dg.AutomationCondition.eager(),
+        automation_condition=follows_upstream(),
         metadata={"sql_file": str(model.path), "sql": dg.MetadataValue.md(f"```sql\n{model.template.strip()}\n```")},
     )
     def _model(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
