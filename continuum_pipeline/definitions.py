@@ -11,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 
 from continuum_pipeline.defs.data_plane import data_plane
+from continuum_pipeline.instance_check import warn_if_not_continuum_home
 from continuum_pipeline.settings import Settings, SettingsError, get_settings
 from continuum_pipeline.settings import task_yaml_files as find_task_yaml_files
 
@@ -51,4 +52,6 @@ def build_definitions(settings: Settings | None = None, sql_dir: Path | None = N
 @dg.definitions
 def defs() -> dg.Definitions:
     """Built when loaded (not at import): a code location loaded again in one process sees the settings in effect."""
-    return build_definitions()
+    settings = get_settings()
+    warn_if_not_continuum_home(settings)  # `dg launch` without DAGSTER_HOME: a temporary instance, runs vanish
+    return build_definitions(settings)
