@@ -431,8 +431,9 @@ def test_forget_job_with_run_config_and_the_retrain_sensor(settings, lake):
         training_job = next(j for j in defs.jobs if j.name == f"{task.name}_training_job")
         sensor = retrain_on_forget_sensor(task, training_job)
         context = dg.build_sensor_context(instance=instance, resources={"lake": resources["lake"]})
-        [request] = sensor(context)
-        assert request.run_key == f"forget:{receipt_id}" and "touched the champion" in request.tags["continuum/reason"]
+        request = sensor(context)  # one training for every receipt that touched the champion
+        assert request.run_key == f"{task.name}:forget:deletion:{receipt_id}"
+        assert "touched the champion" in request.tags["continuum/reason"]
         again = sensor(dg.build_sensor_context(instance=instance, resources={"lake": resources["lake"]},
                                                cursor=context.cursor))
         assert isinstance(again, dg.SkipReason)  # once per receipt

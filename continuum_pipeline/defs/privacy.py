@@ -116,28 +116,36 @@ privacy_upkeep_schedule = dg.ScheduleDefinition(name="privacy_upkeep_schedule", 
 
 
 def retrain_on_forget_sensor(task: TaskConfig, training_job) -> dg.SensorDefinition:
-    """Requests the task's training job once per deletion receipt that touched its champion, when the task's
-    `privacy.retrain_on_forget` is true (run key: the receipt id)."""
+    """Requests one training of the task for the deletion receipts that touched its champion, when the task's
+    `privacy.retrain_on_forget` is true (run key: the newest receipt id). Through the same one-training-per-cause
+    rule as every trigger, but not held back by the cooldown: the champion learned from deleted data. A training
+    already running takes the reason only if it started after the deletion; otherwise this waits for it."""
 
     @dg.sensor(name=f"{task.name}_retrain_on_forget_sensor", job=training_job, minimum_interval_seconds=60,
                default_status=dg.DefaultSensorStatus.RUNNING,
                description=f"{task.name}: retrains without deleted data when a deletion touched the champion "
                            f"(privacy.retrain_on_forget: {str(task.privacy.retrain_on_forget).lower()}).")
     def _sensor(context: dg.SensorEvaluationContext, lake: LakeResource):
+        from continuum_pipeline.defs.flywheel.triggers import read_cursor, request_training, write_cursor
+        from continuum_pipeline.evaluation.triggers import deletions
         from continuum_pipeline.privacy.forget import read_receipts
 
         if not task.privacy.retrain_on_forget:
             return dg.SkipReason("privacy.retrain_on_forget is false for this task")
-        since = datetime.fromisoformat(context.cursor) if context.cursor else None
-        receipts = [r for r in read_receipts(lake.lake()) if since is None or r["completed_at"] > since]
+        until = read_cursor(context).get("receipts_until")
+        since = datetime.fromisoformat(until) if until else None
+        receipts = sorted((r for r in read_receipts(lake.lake()) if since is None or r["completed_at"] > since),
+                          key=lambda r: r["completed_at"])
         if not receipts:
             return dg.SkipReason("no new deletion receipt")
-        requests = [dg.RunRequest(run_key=f"forget:{r['receipt_id']}",
-                                  tags={"continuum/task": task.name, "continuum/trigger": f"{task.name}:forget",
-                                        "continuum/reason": f"deletion {r['receipt_id']} touched the champion's "
-                                                            "training data"})
-                    for r in receipts if task.registered_model_name in json.loads(r["champions_affected"] or "[]")]
-        context.update_cursor(max(r["completed_at"] for r in receipts).astimezone(UTC).isoformat())
-        return requests or dg.SkipReason(f"{len(receipts)} new receipts; none touched the champion")
+        newest = max(r["completed_at"] for r in receipts).astimezone(UTC).isoformat()
+        touching = [r for r in receipts if task.registered_model_name in json.loads(r["champions_affected"] or "[]")]
+        if not touching:
+            write_cursor(context, receipts_until=newest)
+            return dg.SkipReason(f"{len(receipts)} new receipts; none touched the champion")
+        # the cursor moves past these receipts only once a training covers them (requested or joined)
+        return request_training(context, task, "forget", deletions([r["receipt_id"] for r in touching]),
+                                respect_cooldown=False, covers_after=touching[-1]["completed_at"].astimezone(UTC),
+                                cursor={"receipts_until": newest})
 
     return _sensor

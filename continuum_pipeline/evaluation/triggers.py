@@ -78,7 +78,7 @@ def deletions(receipt_ids: Sequence[str]) -> Decision:
     if not receipt_ids:
         return Decision(False, "no deletion touched the champion")
     return Decision(True, f"deletion {', '.join(receipt_ids)} touched the champion's training data",
-                    key=f"forget:{receipt_ids[-1]}")
+                    key=f"deletion:{receipt_ids[-1]}")
 
 
 def _by_day(rows: Sequence[DailyQuality]) -> list[DailyQuality]:
