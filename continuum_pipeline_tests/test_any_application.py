@@ -88,8 +88,8 @@ def test_two_task_instances_load_side_by_side(both_tasks):
     sensors = {s.name for s in defs.sensors}
     assert {"recipe_answer_sample_count_sensor", "support_answer_sample_count_sensor"} <= sensors
     # the recipe task has no schedule (schedule: null); the support desk keeps its own
-    assert {s.name for s in defs.schedules} == {"lake_maintenance_job_schedule", "privacy_upkeep_schedule",
-                                              "support_answer_periodic_training"}
+    assert {s.name for s in defs.schedules} == {"lake_maintenance_schedule", "privacy_upkeep_schedule",
+                                          "support_answer_periodic_training"}
     key = dg.AssetKey(["recipe_answer", "sft_dataset"])
     assert defs.resolve_assets_def(key).group_names_by_key[key] == "recipe_answer_curation"
 

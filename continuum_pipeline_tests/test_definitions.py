@@ -27,7 +27,8 @@ def test_definitions_load_with_groups_and_sql_dependencies(settings):
     defs = build_definitions(settings)
     graph = defs.resolve_asset_graph()
     keys = user_strings(graph.get_all_asset_keys())
-    assert set(INGEST + SQL + ["lake_maintenance"]) <= keys
+    assert set(INGEST + SQL) <= keys
+    assert "lake_maintenance" not in keys  # upkeep is an op job: it makes no data
     for key in INGEST:
         assert graph.get(dg.AssetKey(key)).group_name == "ingest"
     for key in SQL:
@@ -52,7 +53,21 @@ def test_definitions_load_with_groups_and_sql_dependencies(settings):
         "support_answer_monitoring_job"}
     assert {s.name for s in defs.sensors} >= {"landing_sensor", "support_answer_sample_count_sensor",
                                               "support_answer_quality_drop_sensor", "support_answer_error_rate_sensor"}
-    assert {s.name for s in defs.schedules} >= {"lake_maintenance_job_schedule", "support_answer_periodic_training"}
+    assert {s.name for s in defs.schedules} >= {"lake_maintenance_schedule", "support_answer_periodic_training"}
+    assert defs.resolve_schedule_def("lake_maintenance_schedule").job_name == "lake_maintenance_job"
+
+    # every real input is declared: the start model (champion, or base) and the golden sets the candidate's
+    # lineage tags name; the golden sets also feed the gate check; the learning curve follows each registration
+    task = "support_answer"
+    assert user_strings(graph.get(dg.AssetKey([task, "candidate_model"])).parent_keys) == {
+        f"{task}/sft_dataset", f"{task}/base_model", f"{task}/champion", f"{task}/golden/golden"}
+    gate = graph.get_check_spec(dg.AssetCheckKey(dg.AssetKey([task, "candidate_model"]), "eval_gate"))
+    assert [d.asset_key for d in gate.additional_deps] == [dg.AssetKey([task, "golden", "golden"])]
+    champion = graph.get(dg.AssetKey([task, "champion"]))
+    assert not champion.is_materializable and champion.group_name == f"{task}_registry" and not champion.parent_keys
+    assert f"{task}/registered_model" in user_strings(graph.get(dg.AssetKey([task, "learning_curve"])).parent_keys)
+    training = defs.resolve_job_def(f"{task}_training_job").asset_layer.selected_asset_keys
+    assert dg.AssetKey([task, "learning_curve"]) in training and dg.AssetKey([task, "champion"]) not in training
 
 
 def test_dagster_definitions_validate_passes(settings):
@@ -102,7 +117,7 @@ def test_ingest_and_sql_jobs_materialize_with_row_counts_schema_and_summary(sett
         assert "mean_reward" in columns
 
 
-def test_lake_maintenance_asset_reports_what_it_did(settings):
+def test_lake_maintenance_job_reports_what_it_did(settings):
     for c in range(5):
         write_segment(settings.landing_dir, f"2026112{c}T000000Z-m{c}", [interaction(c * 10 + i) for i in range(3)])
     defs = build_definitions(settings)
@@ -113,7 +128,8 @@ def test_lake_maintenance_asset_reports_what_it_did(settings):
             run_config={"ops": {"lake_maintenance": {"config": {"snapshot_retention_hours": 0, "retain_last_snapshots": 1,
                                                                   "compact_min_files": 2}}}})
         assert result.success
-        meta = instance.get_latest_materialization_event(dg.AssetKey("lake_maintenance")).asset_materialization.metadata
+        [output] = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+        meta = output.event_specific_data.metadata
         assert "| interactions |" in meta["summary"].value
 
 

@@ -9,8 +9,11 @@ import dagster as dg
 
 
 def column_schema(schema: Any, docs: dict[str, str] | None = None) -> dg.TableSchema:
-    """A Dagster TableSchema from a pyarrow schema."""
-    docs = docs or {}
+    """A Dagster TableSchema from a pyarrow schema, each column described from the lake's column docs
+    (lake/schemas.py COLUMN_DOCS; `docs` adds or overrides)."""
+    from continuum_pipeline.lake.schemas import COLUMN_DOCS
+
+    docs = COLUMN_DOCS | (docs or {})
     return dg.TableSchema(columns=[dg.TableColumn(f.name, str(f.type), description=docs.get(f.name)) for f in schema])
 
 
@@ -39,3 +42,15 @@ def latest_metadata(instance: dg.DagsterInstance, key: str | dg.AssetKey) -> dic
     if event is None or event.asset_materialization is None:
         return {}
     return {k: getattr(v, "value", v) for k, v in event.asset_materialization.metadata.items()}
+
+
+def url_metadata(name: str, url: str | None) -> dict[str, dg.UrlMetadataValue]:
+    """`{name: url}` when there is a page to link to (an MLflow server), else nothing: no dead links."""
+    return {name: dg.MetadataValue.url(url)} if url else {}
+
+
+def png_markdown(png: bytes, alt: str) -> dg.MarkdownMetadataValue:
+    """A PNG inline in markdown metadata (a data URI): the UI shows it without access to the file."""
+    import base64
+
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")

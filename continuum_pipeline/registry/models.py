@@ -8,7 +8,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-CHAMPION, CHALLENGER = "champion", "challenger"
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 TAG = "continuum."  # prefix of every lineage tag
 
 
@@ -66,11 +66,78 @@ def register(tracking_uri: str, model_name: str, merged_dir: str | Path, run_id:
     return get_version(tracking_uri, model_name, mv.version)
 
 
-def promote(tracking_uri: str, model_name: str, version: str) -> ModelVersionRef:
-    """Make `version` the champion (the rollout stage decides when; this is the registry's half)."""
+class PromotionError(ValueError):
+    """A promotion or rollback that cannot be done; the message says why and what to do."""
+
+
+def promote(tracking_uri: str, model_name: str, version: str | int) -> ModelVersionRef:
+    """Make `version` the champion (the rollout stage decides when; this is the registry's half). The champion it
+    replaces keeps alias `previous`, so switching back is one alias move (`rollback`)."""
+    from mlflow.exceptions import MlflowException
+
     c = client(tracking_uri)
+    try:
+        c.get_model_version(model_name, str(version))
+    except MlflowException:
+        raise PromotionError(f"{model_name} has no version {version}: `continuum lineage {model_name}` lists the "
+                             "registered versions") from None
+    old = champion(tracking_uri, model_name)
+    if old is not None and old.version != str(version):
+        c.set_registered_model_alias(model_name, PREVIOUS, old.version)
     c.set_registered_model_alias(model_name, CHAMPION, str(version))
     return get_version(tracking_uri, model_name, version)
+
+
+def rollback(tracking_uri: str, model_name: str) -> ModelVersionRef:
+    """Switch back: the `previous` version becomes champion again and the champion it replaces becomes `previous`
+    (a second rollback undoes the first). Returns the new champion."""
+    current, previous = champion(tracking_uri, model_name), by_alias(tracking_uri, model_name, PREVIOUS)
+    if current is None or previous is None:
+        raise PromotionError(f"{model_name} has no `previous` version to roll back to (it gets one when a promotion "
+                             "replaces a champion); promote a version by number instead")
+    return promote(tracking_uri, model_name, previous.version)
+
+
+def by_alias(tracking_uri: str, model_name: str, alias: str) -> ModelVersionRef | None:
+    """The version holding `alias`, or None (no such model or alias)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client(tracking_uri).get_model_version_by_alias(model_name, alias)
+    except MlflowException:
+        return None
+    return ModelVersionRef(model_name, str(mv.version), mv.run_id, tuple(mv.aliases), dict(mv.tags))
+
+
+def aliases(tracking_uri: str, model_name: str) -> dict[str, str]:
+    """Alias → version, as the registry holds them now."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return {a: str(v) for a, v in client(tracking_uri).get_registered_model(model_name).aliases.items()}
+    except MlflowException:
+        return {}
+
+
+def is_http(tracking_uri: str) -> bool:
+    return tracking_uri.startswith(("http://", "https://"))
+
+
+def run_url(tracking_uri: str, run_id: str) -> str | None:
+    """The MLflow UI page of a run, when the tracking URI is an MLflow server (a file or SQLite store has none)."""
+    if not is_http(tracking_uri) or not run_id:
+        return None
+    experiment_id = client(tracking_uri).get_run(run_id).info.experiment_id
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def version_url(tracking_uri: str, model_name: str, version: str | int) -> str | None:
+    """The MLflow UI page of a registered model version (an MLflow server only)."""
+    if not is_http(tracking_uri):
+        return None
+    from urllib.parse import quote
+
+    return f"{tracking_uri.rstrip('/')}/#/models/{quote(model_name)}/versions/{version}"
 
 
 def get_version(tracking_uri: str, model_name: str, version: str | int) -> ModelVersionRef:
@@ -80,14 +147,7 @@ def get_version(tracking_uri: str, model_name: str, version: str | int) -> Model
 
 
 def champion(tracking_uri: str, model_name: str) -> ModelVersionRef | None:
-    from mlflow.exceptions import MlflowException
-
-    c = client(tracking_uri)
-    try:
-        mv = c.get_model_version_by_alias(model_name, CHAMPION)
-    except MlflowException:
-        return None  # no such model or no champion yet
-    return ModelVersionRef(model_name, str(mv.version), mv.run_id, tuple(mv.aliases), dict(mv.tags))
+    return by_alias(tracking_uri, model_name, CHAMPION)  # None: no such model or no champion yet
 
 
 def versions(tracking_uri: str, model_name: str) -> list[ModelVersionRef]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from continuum_pipeline.defs.flywheel.keys import group, key
+from continuum_pipeline.defs.flywheel.keys import golden_key, group, key
 from continuum_pipeline.defs.resources import FlywheelResource, LakeResource, MLflowResource
 from continuum_pipeline.task.config import TaskConfig
 
@@ -78,7 +78,9 @@ def base_model(task: TaskConfig) -> dg.AssetsDefinition:
         if not spec.builtin:
             info = builder.check_pretrained(spec.id, spec.revision)
             context.log.info(f"base model {spec.id}: {info}")
-            return dg.MaterializeResult(metadata={"path": spec.id, "revision": spec.revision or "", **info})
+            local = Path(spec.id).expanduser().exists()  # a local folder is a path; a hub id is text
+            return dg.MaterializeResult(metadata={
+                "path": dg.MetadataValue.path(spec.id) if local else spec.id, "revision": spec.revision or "", **info})
         conversations, texts = builder.pretraining_corpus(
             spec.pretraining_corpus, config.pretraining_conversations or spec.pretraining_conversations,
             lambda: _captured_conversations(lake, task))
@@ -86,8 +88,11 @@ def base_model(task: TaskConfig) -> dg.AssetsDefinition:
         path = builder.build_base_model(conversations, texts, Path(base_dir(task, flywheel)),
                                         builder.BaseModelConfig(**overrides), say=context.log.info)
         info = json.loads((path / builder.MARKER_FILE).read_text())
-        return dg.MaterializeResult(metadata={"path": str(path), **{k: v for k, v in info.items()
-                                                                     if isinstance(v, str | int | float)}})
+        # `seconds` of the marker is how long the (possibly cached) build took: named for its meaning
+        return dg.MaterializeResult(metadata={
+            **{k: v for k, v in info.items() if isinstance(v, str | int | float) and k != "seconds"},
+            "path": dg.MetadataValue.path(str(path)),
+            **({"build_seconds": float(info["seconds"])} if "seconds" in info else {})})
 
     return _base_model
 
@@ -110,7 +115,10 @@ def _captured_conversations(lake: LakeResource, task: TaskConfig) -> list[list[d
 
 def candidate_model(task: TaskConfig) -> dg.AssetsDefinition:
     @dg.asset(key=key(task, "candidate_model"), group_name=group(task, "training"),
-              deps=[key(task, "sft_dataset"), key(task, "base_model")], kinds={"pytorch", "mlflow"},
+              # what it really reads: the dataset, the start model (champion, or the base before v1) and the
+              # golden set versions it records in its lineage tags
+              deps=[key(task, "sft_dataset"), key(task, "base_model"), key(task, "champion"),
+                    *(golden_key(task, g.name) for g in task.golden_sets)], kinds={"pytorch", "mlflow"},
               pool="continuum_training",
               description=f"LoRA {task.training.recipe.upper()} (TRL + PEFT) continuing from the champion (or the "
                           "base model) on the curated dataset, out of process through Dagster Pipes, tracked in MLflow.")
@@ -146,7 +154,7 @@ def candidate_model(task: TaskConfig) -> dg.AssetsDefinition:
             "judge_versions": json.dumps({j.name: j.version() for j in task.judges}, sort_keys=True),
             "parent_version": start_name.removeprefix("v"),
             "dagster_run_id": context.run_id,
-            "eligible_rows": str(dataset.num_rows),
+            "eligible_rows": dataset.num_rows,  # an int in Dagster; MLflow stores tags as strings
         }
         t = task.training.model_copy(update={k: v for k, v in config.model_dump().items() if v is not None})
         sft = SFTRunConfig(base_model=start, revision=task.base_model.revision if start_name == "base" else None,
@@ -165,11 +173,41 @@ def candidate_model(task: TaskConfig) -> dg.AssetsDefinition:
                          f"(snapshot {dataset_snapshot})")
         with warnings.catch_warnings():  # Dagster's own use of a preview API inside the Pipes client
             warnings.simplefilter("ignore", dg.PreviewWarning)
-            return pipes_subprocess_client.run(
+            reported = pipes_subprocess_client.run(
                 command=[sys.executable, "-m", "continuum_pipeline.training.pipes_job", str(config_path)],
                 context=context, extras=lineage,
                 env={"OMP_NUM_THREADS": str(t.threads), "MKL_NUM_THREADS": str(t.threads)},
             ).get_materialize_result()
+        return candidate_result(reported, run_dir, start, mlflow.tracking_uri)
 
     return _candidate_model
 
+
+
+def candidate_result(reported: dg.MaterializeResult, run_dir: Path, start: str,
+                     tracking_uri: str) -> dg.MaterializeResult:
+    """What the training job reported, made usable: folders as paths, a link to the MLflow run (on an MLflow
+    server), counts as ints, and one timing field per meaning (`train_seconds`: the trainer's optimisation loop;
+    `job_seconds`: the whole out-of-process job, loading, merging and saving included)."""
+    from continuum_pipeline.defs.metadata import url_metadata
+    from continuum_pipeline.registry import models
+
+    raw = {k: getattr(v, "value", v) for k, v in (reported.metadata or {}).items()}
+    job_seconds = raw.pop("train_seconds", None)  # the job's wall time (also reported as metric_seconds)
+    raw.pop("metric_seconds", None)
+    loop_seconds = raw.pop("metric_train_seconds", None)
+    meta: dict = {k: v for k, v in raw.items() if k not in ("merged_dir", "adapter_dir")}
+    meta.update({
+        "merged_dir": dg.MetadataValue.path(str(raw["merged_dir"])),
+        "adapter_dir": dg.MetadataValue.path(str(raw["adapter_dir"])),
+        "run_dir": dg.MetadataValue.path(str(run_dir)),
+        "start_model": dg.MetadataValue.path(start) if Path(start).exists() else start,
+        **({"train_seconds": float(loop_seconds)} if loop_seconds is not None else {}),
+        **({"job_seconds": float(job_seconds)} if job_seconds is not None else {}),
+        **url_metadata("mlflow_run_url", models.run_url(tracking_uri, str(raw.get("mlflow_run_id") or ""))),
+    })
+    for name in ("eligible_rows", "train_rows", "metric_steps"):
+        if name in meta:
+            meta[name] = int(meta[name])
+    return dg.MaterializeResult(asset_key=reported.asset_key, metadata=meta, check_results=reported.check_results,
+                                data_version=reported.data_version, tags=reported.tags)

@@ -2,7 +2,6 @@
 
 import dagster as dg
 
-from continuum_pipeline.capture.record import FEEDBACK_FIELDS, INTERACTION_FIELDS
 from continuum_pipeline.defs.metadata import column_schema, markdown_table, table_rows
 from continuum_pipeline.defs.resources import LakeResource, LandingResource
 
@@ -12,9 +11,6 @@ _DOCS = {
     "feedback_events": "Ratings, labels, implicit signals, edits and outcomes, keyed by interaction_id.",
     "quarantine": "Landing lines that could not be normalized: raw bytes, segment and line, and the reason.",
 }
-_COLUMN_DOCS = {f.name: f.doc for f in INTERACTION_FIELDS + FEEDBACK_FIELDS if f.doc}
-_COLUMN_DOCS.update(segment="landing segment the row came from", segment_line="line in that segment (1-based)",
-                    ingested_at="when the row entered the lake")
 
 
 @dg.multi_asset(
@@ -38,7 +34,7 @@ def ingest_landing_segments(context: dg.AssetExecutionContext, lake: LakeResourc
         commit = report.commits.get(key)
         metadata = {
             "dagster/row_count": table_rows(table),
-            "dagster/column_schema": column_schema(LAYOUTS[key].schema, _COLUMN_DOCS),
+            "dagster/column_schema": column_schema(LAYOUTS[key].schema),  # described from the lake contracts
             "rows_appended": commit.rows if commit else 0,
             "rows_already_present": commit.skipped_rows if commit else 0,
             "rows_forgotten": commit.forgotten_rows if commit else 0,  # of forgotten subjects: dropped, not quarantined
