@@ -6,12 +6,11 @@ uncertainty with the champion out of process (cached per model version and conte
 coverage and a PCA map of what was selected.
 """
 
-import base64
 
 import dagster as dg
 
 from continuum_pipeline.defs.flywheel.keys import group, key
-from continuum_pipeline.defs.metadata import markdown_table
+from continuum_pipeline.defs.metadata import column_schema, markdown_table, png_markdown, table_rows
 from continuum_pipeline.defs.resources import FlywheelResource, LakeResource, MLflowResource
 from continuum_pipeline.task.config import TaskConfig
 
@@ -63,7 +62,11 @@ def embeddings_asset(task: TaskConfig) -> dg.AssetsDefinition:
         _append(the_lake, table, batch.new_rows)
         context.log.info(f"{task.name}/embeddings: {batch.computed} embedded with {embedder.version}, "
                          f"{len(texts) - batch.computed} from the cache")
+        from continuum_pipeline.curation.embeddings import EMBEDDINGS
+
         return dg.MaterializeResult(metadata={
+            "dagster/row_count": table_rows(the_lake.table(table)) if the_lake.table_exists(table) else 0,
+            "dagster/column_schema": column_schema(EMBEDDINGS),
             "embedder": embedder.version, "texts": len(texts), "computed": batch.computed,
             "from_cache": len(texts) - batch.computed,
             "dimensions": int(batch.vectors.shape[1]) if len(texts) else 0,
@@ -145,6 +148,5 @@ def select_rows(context, the_lake, task: TaskConfig, dataset, mlflow: MLflowReso
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(png)
             meta["selection_map_png"] = dg.MetadataValue.path(str(path))
-        meta["selection_map"] = dg.MetadataValue.md(
-            f"![PCA of user-turn embeddings, selected vs not](data:image/png;base64,{base64.b64encode(png).decode()})")
+        meta["selection_map"] = png_markdown(png, "PCA of user-turn embeddings, selected vs not")
     return meta
