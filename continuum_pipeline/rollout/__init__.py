@@ -10,28 +10,15 @@ weights to the gateway.
                challenger=ArmObservation({...}, at_step=230, latency_p95_ms=450))
     d.action, d.reason, d.weights, d.markdown(), d.state_json()   # persist state_json for the next look
 
-Names load on first use, so that reading a task's policy (`rollout.policy`, pydantic only) does not import numpy.
+(`decide` the function shadows `decide` the module here, so the names are imported eagerly; a reader of the
+policy alone, e.g. the task's configuration, pays for numpy's import — every Dagster process has it loaded.)
 """
 
-from __future__ import annotations
+from continuum_pipeline.rollout.decide import ArmObservation, Decision, MetricRow, decide, step_setting
+from continuum_pipeline.rollout.policy import ERROR_RATE, HardGuards, MetricRule, RolloutSpec, ShadowSpec
+from continuum_pipeline.rollout.stats import ArmSums, MetricState, state_from_json, state_to_json, update
 
-import importlib
-from typing import Any
-
-_HOMES = {
-    "continuum_pipeline.rollout.decide": ("ArmObservation", "Decision", "MetricRow", "decide", "step_setting"),
-    "continuum_pipeline.rollout.policy": ("ERROR_RATE", "HardGuards", "MetricRule", "RolloutSpec", "ShadowSpec"),
-    "continuum_pipeline.rollout.stats": ("ArmSums", "MetricState", "state_from_json", "state_to_json", "update"),
-}
-_WHERE = {name: module for module, names in _HOMES.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'continuum_pipeline.rollout' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__all__ = [
+    "ERROR_RATE", "ArmObservation", "ArmSums", "Decision", "HardGuards", "MetricRow", "MetricRule", "MetricState",
+    "RolloutSpec", "ShadowSpec", "decide", "state_from_json", "state_to_json", "step_setting", "update",
+]
