@@ -222,3 +222,35 @@ def test_after_cycle_two_nothing_retrains_on_unchanged_data(settings, lake, monk
         for tick in runs.tick_sensors(instance, names, due=True):
             assert tick.status in ("SKIPPED", "NOT_EVALUATED") and not tick.run_ids, tick
     assert instance.get_runs(dg.RunsFilter(job_name=f"{TASK.name}_training_job")) == []
+
+
+def test_the_forget_sensor_waits_for_a_training_that_read_the_deleted_data(settings, lake):
+    from continuum_pipeline.defs.privacy import forget_job, retrain_on_forget_sensor
+
+    from .test_forget import ALICE, build_world
+
+    world = build_world(settings, lake)
+    task = world["task"].model_copy(update={"privacy": world["task"].privacy.model_copy(
+        update={"retrain_on_forget": True})})
+    resources = resources_from_settings(settings)
+    training_job = triggers.jobs(task)[0]
+    sensor = retrain_on_forget_sensor(task, training_job)
+    with dg.instance_for_test() as instance:
+        before = instance.create_run_for_job(dg.Definitions(jobs=[training_job]).resolve_job_def(training_job.name),
+                                             status=dg.DagsterRunStatus.STARTED)  # it read the lake before the deletion
+        assert forget_job.execute_in_process(instance=instance, resources=resources, run_config={
+            "ops": {"forget": {"config": {"users": [ALICE]}}}}).success
+
+        def evaluate(cursor=None):
+            context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"lake": resources["lake"]})
+            return sensor(context), context.cursor
+
+        waiting, cursor = evaluate()
+        assert isinstance(waiting, dg.SkipReason) and f"waiting for training run {before.run_id[:8]}" in waiting.skip_message
+        assert cursor is None  # the receipt is not consumed: it is acted on once that training is over
+        assert not any(k.startswith("continuum/also/") for k in instance.get_run_by_id(before.run_id).tags)
+        instance.report_run_failed(before)
+        request, cursor = evaluate()
+        assert isinstance(request, dg.RunRequest) and request.run_key.startswith(f"{task.name}:forget:deletion:")
+        again, _ = evaluate(cursor)
+        assert isinstance(again, dg.SkipReason) and "no new deletion receipt" in again.skip_message
