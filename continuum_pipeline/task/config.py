@@ -335,12 +335,20 @@ class TrainingSpec(_Strict):
 
 
 class TriggerSpec(_Strict):
-    min_new_samples: int = Field(200, gt=0, description="sample_count: new dataset-eligible interactions.")
-    quality_drop: float = Field(0.15, gt=0, lt=1, description="quality_drop: fraction below the trailing mean.")
-    window_days: int = Field(3, gt=0, description="quality_drop: trailing window.")
-    max_negative_rate: float = Field(0.3, gt=0, le=1, description="error_rate: negative-feedback rate.")
-    cooldown_hours: float = Field(6.0, ge=0, description="No training within this long after the last one.")
-    schedule: str | None = Field("0 4 * * 1", description="Cron for periodic retraining; null: none.")
+    """When the task trains again. Each trigger fires once per cause and only for what the current champion was
+    exposed to (its own traffic, data it did not train on); one training of the task at a time."""
+
+    min_new_samples: int = Field(200, gt=0, description="sample_count: dataset-eligible interactions the champion "
+                                                        "did not train on.")
+    quality_drop: float = Field(0.15, gt=0, lt=1, description="quality_drop: fraction of the champion's mean reward "
+                                                              "below its trailing mean.")
+    window_days: int = Field(3, gt=0, description="quality_drop: trailing window (days the champion served).")
+    max_negative_rate: float = Field(0.3, gt=0, le=1, description="error_rate: negative-feedback rate on the "
+                                                                  "champion's answers.")
+    cooldown_hours: float = Field(6.0, ge=0, description="No training requested within this long after the last "
+                                                         "training run started (a queued or running one counts).")
+    schedule: str | None = Field("0 4 * * 1", description="Cron for periodic retraining when there is data the "
+                                                          "champion did not train on; null: none.")
 
 
 class TaskConfig(_Strict):
