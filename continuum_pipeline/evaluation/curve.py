@@ -214,24 +214,37 @@ def success_png(rows: Sequence[dict], title: str) -> bytes:
 
 
 def cost_quality_png(rows: Sequence[dict], title: str) -> bytes | None:
-    """Cost per query against overall success for the models that have both, the Pareto frontier marked; None
-    when fewer than one model has a cost (nothing to plot)."""
+    """Cost per query against overall success for the models that have both, the Pareto frontier marked; models
+    that served but were not evaluated (a teacher) are dashed lines at their cost. None when no model has a cost."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
     points = [(r["model"], r["cost_per_query_usd"], overall(r)) for r in rows
               if r.get("cost_per_query_usd") is not None and overall(r) is not None]
-    if not points:
+    served_only = [(r["model"], r["cost_per_query_usd"]) for r in rows
+                   if r.get("cost_per_query_usd") is not None and overall(r) is None]
+    if not points and not served_only:
         return None
     front = pareto_front(points)
-    fig, ax = _figure(6, 4.5)
+    fig, ax = _figure(6.5, 4.5)
     for name, cost, success in points:
         on = name in front
         ax.scatter([cost], [success], s=60 if on else 30, c="#d62728" if on else "#7f7f7f", zorder=3)
         ax.annotate(name, (cost, success), textcoords="offset points", xytext=(5, 5), fontsize=8)
     by_name = {p[0]: p for p in points}
-    ax.step([by_name[n][1] for n in front], [by_name[n][2] for n in front], where="post", color="#d62728",
-            label="Pareto frontier (cheaper or better than every other)")
+    if front:
+        ax.step([by_name[n][1] for n in front], [by_name[n][2] for n in front], where="post", color="#d62728",
+                label="Pareto frontier (no model is both cheaper and better)")
+    for name, cost in served_only:
+        ax.axvline(cost, color="#1f77b4", linestyle="--", linewidth=1)
+        ax.annotate(f"{name} (served, not evaluated)", (cost, 0.5), rotation=90, fontsize=7, color="#1f77b4",
+                    va="center", textcoords="offset points", xytext=(-10, 0))
+    ax.xaxis.set_major_locator(MaxNLocator(5))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"${v:.2g}"))
+    ax.margins(x=0.15)
     ax.set_xlabel("cost per query (USD, production)")
     ax.set_ylabel("golden-set success (all)")
     ax.set_ylim(-0.05, 1.05)
     ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=7)
+    if front:
+        ax.legend(loc="lower left", fontsize=7)
     return _png(fig)
