@@ -1,8 +1,11 @@
 """One look at a rollout: roll back, hold, advance or promote (Argo Rollouts' analysis semantics).
 
 The caller (the rollout asset or the canary sensor) calls `decide` at every look with the per-arm running sums
-since the rollout began and the state the previous look returned, applies `Decision.weights` to the gateway,
-and persists `Decision.state_json()`. In order:
+since the rollout began and the state the previous look returned, applies `Decision.weights` (and
+`shadow_sample_rate`) to the gateway, and persists `Decision.state_json()` with the step index. The stable
+arm's sums cover only its interactions since the rollout began, concurrent with the challenger's (older
+traffic would confound the arms with time); at a shadow step they may be the stable answers to the copied
+requests, judged like the challenger's. A new rollout starts at `step_setting(spec, 0)`. In order:
 
 1. Hard guards (no test, once the challenger has `hard_guards.min_interactions`): its error rate or latency p95
    beyond a limit → rollback.
@@ -73,7 +76,7 @@ class MetricRow:
 class Decision:
     action: Action
     reason: str  # one sentence
-    step_index: int  # the step the rollout is at after this decision (index into spec.plan())
+    step_index: int  # the step after this decision (index into spec.plan()); rollback: the step it left
     challenger_weight: float  # the challenger's traffic share from now on (0 after a rollback, 1 on promotion)
     shadow_sample_rate: float  # share of requests copied to the challenger from now on (0: no shadow)
     rows: tuple[MetricRow, ...]
