@@ -254,3 +254,26 @@ def test_the_forget_sensor_waits_for_a_training_that_read_the_deleted_data(setti
         assert isinstance(request, dg.RunRequest) and request.run_key.startswith(f"{task.name}:forget:deletion:")
         again, _ = evaluate(cursor)
         assert isinstance(again, dg.SkipReason) and "no new deletion receipt" in again.skip_message
+
+
+def test_what_counts_as_seen_without_lineage_rows_and_after_a_rejected_candidate(settings, lake):
+    fill(lake, settings, {1: (1.0, None, 0.0), 2: (1.0, None, 0.0)})
+    eligible = len(eligible_ids(lake))
+    resources = resources_from_settings(settings)
+    # registered before the lineage table existed: only its `eligible_rows` tag says how much it trained on
+    version = _register(settings.mlflow_uri, TASK.registered_model_name, {"task": TASK.name, "eligible_rows": "25"},
+                        champion=True)
+    ref = get_version(settings.mlflow_uri, TASK.registered_model_name, version)
+    with dg.instance_for_test() as instance:
+        assert triggers.eligible_counts(instance, resources["lake"], TASK, ref) == (eligible, 25)
+        # a training from this champion whose candidate was rejected saw its dataset: that is not new either
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            dg.AssetKey([TASK.name, "candidate_model"]), metadata={"eligible_rows": eligible - 3,
+                                                                   "parent_version": version}))
+        assert triggers.eligible_counts(instance, resources["lake"], TASK, ref) == (eligible, eligible - 3)
+        decision, _ = evaluate(settings, instance, "sample_count")
+        assert isinstance(decision, dg.SkipReason) and decision.skip_message.startswith("3 new")
+        # a candidate from another parent (the version before) says nothing about this champion's data
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            dg.AssetKey([TASK.name, "candidate_model"]), metadata={"eligible_rows": eligible, "parent_version": "base"}))
+        assert triggers.eligible_counts(instance, resources["lake"], TASK, ref) == (eligible, 25)
