@@ -140,6 +140,15 @@ def test_blue_green_switches_after_a_shadow_pass_and_shadow_never_serves():
     assert all(d.challenger_weight == 0.0 for d in shadow[:-1]) and shadow[-1].action == "promote"
 
 
+def test_canary_can_require_a_shadow_pass_before_any_user_sees_the_challenger():
+    spec = RolloutSpec.model_validate({"shadow": {"require_pass_before_traffic": True, "sample_rate": 0.2},
+                                       "min_minutes_per_step": 0})
+    history = _run(spec, reward=(0.85, 0.85), seed=8)
+    assert _weights_seen(history) == [0.0, 0.05, 0.25, 0.5, 1.0] and history[-1].action == "promote"
+    assert {d.shadow_sample_rate for d in history if d.challenger_weight == 0.0} == {0.2}
+    assert {d.shadow_sample_rate for d in history if d.challenger_weight > 0} == {0.0}
+
+
 def test_ab_holds_at_half_until_a_metric_shows_a_winner():
     spec = RolloutSpec(strategy="ab", min_minutes_per_step=0)
     better = _run(spec, reward=(0.80, 0.88), seed=5)

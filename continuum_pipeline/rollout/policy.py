@@ -154,8 +154,9 @@ class RolloutSpec(_Strict):
         default_factory=_default_metrics,
         description="Metric name → rule; every metric must be shown within its max_change to advance.")
     alpha: float = Field(0.05, description="Always-valid error rate of each metric's test.")
-    hard_guards: HardGuards = Field(default_factory=HardGuards)
-    shadow: ShadowSpec = Field(default_factory=ShadowSpec)
+    hard_guards: HardGuards = Field(default_factory=HardGuards, description="Limits that roll back at once.")
+    shadow: ShadowSpec = Field(default_factory=ShadowSpec, description="Shadow steps: how much traffic is "
+                                                                       "copied, and whether canary starts with one.")
 
     @field_validator("steps")
     @classmethod
