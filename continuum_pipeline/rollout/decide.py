@@ -48,7 +48,9 @@ class ArmObservation:
 
     metrics: Mapping[str, ArmSums]  # metric name → running sums since the rollout began (shadow copies included)
     at_step: int = 0  # interactions (or shadow copies) since the current step began; read for the challenger
-    latency_p95_ms: float | None = None  # since the rollout began; needed once a latency guard may fire
+    # Since the rollout began. The challenger's is required once a latency guard may fire; the stable arm's
+    # feeds max_latency_p95_ratio (None: that guard cannot be judged yet and is skipped).
+    latency_p95_ms: float | None = None
 
 
 @dataclass(frozen=True)
