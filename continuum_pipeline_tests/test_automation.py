@@ -8,6 +8,7 @@ import json
 import logging
 
 import dagster as dg
+import pytest
 
 from continuum_pipeline.defs.ingest.assets import ingest_landing_segments
 from continuum_pipeline.defs.resources import resources_from_settings
@@ -17,6 +18,14 @@ from .conftest import feedback, interaction, task_config, write_segment
 
 TASK = task_config()
 SENSOR = "continuum_automation_sensor"
+
+
+@pytest.fixture
+def home_instance(settings):
+    """The home's instance (its run queue holds what a tick requests), entered: a code location loaded in this
+    process reads its state storage from the instance in context, not from one a previous test left behind."""
+    with dg.DagsterInstance.get() as instance:
+        yield instance
 
 
 def code_location(settings, monkeypatch, tmp_path) -> dg.Definitions:
@@ -62,7 +71,8 @@ def test_labels_and_sql_models_follow_what_was_ingested_before_automation(settin
         assert dg.AssetKey([TASK.name, "reward_labels"]) in {r.key for r in third.results if r.true_subset.size}
 
 
-def test_one_tick_of_the_automation_sensor_queues_the_labels_and_sql_run(settings, monkeypatch, tmp_path):
+def test_one_tick_of_the_automation_sensor_queues_the_labels_and_sql_run(settings, monkeypatch, tmp_path,
+                                                                        home_instance):
     from dagster._core.workspace.context import WorkspaceProcessContext
     from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
     from dagster._daemon.asset_daemon import AssetDaemon  # the daemon's own iteration: no public API
@@ -70,7 +80,7 @@ def test_one_tick_of_the_automation_sensor_queues_the_labels_and_sql_run(setting
     from continuum_pipeline import runs
 
     defs = code_location(settings, monkeypatch, tmp_path)
-    instance = dg.DagsterInstance.get()  # the home's instance: its run queue holds what the tick requests
+    instance = home_instance
     ingested_before_automation(settings, instance)
     daemon = AssetDaemon(settings=instance.get_auto_materialize_settings(), pre_sensor_interval_seconds=0)
     daemon._logger = logging.getLogger("continuum.automation")

@@ -9,6 +9,7 @@ import json
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
+import pytest
 
 from continuum_pipeline import runs
 from continuum_pipeline.curation.dataset import curate_sft
@@ -34,6 +35,14 @@ TRIGGERS = {"min_new_samples": 20, "quality_drop": 0.15, "window_days": 3, "max_
             "cooldown_hours": 0, "schedule": "0 4 * * 1"}
 TASK = task_config(judges=JUDGES, triggers=TRIGGERS)
 KINDS = ("sample_count", "quality_drop", "error_rate")
+
+
+@pytest.fixture
+def home_instance(settings):
+    """The home's instance (its run queue holds what a tick requests), entered: a code location loaded in this
+    process reads its state storage from the instance in context, not from one a previous test left behind."""
+    with dg.DagsterInstance.get() as instance:
+        yield instance
 
 
 # --- the decisions, on hand-made rows ---------------------------------------------------------------------------
@@ -151,13 +160,14 @@ def test_sensors_read_the_champions_traffic_and_the_data_it_did_not_train_on(set
                                                            f"champion v{v1}'s training")
 
 
-def test_one_tick_of_every_trigger_makes_one_training_with_every_reason(settings, lake, monkeypatch, tmp_path):
+def test_one_tick_of_every_trigger_makes_one_training_with_every_reason(settings, lake, monkeypatch, tmp_path,
+                                                                      home_instance):
     task_dir = tmp_path / "task"
     task_dir.mkdir()
     (task_dir / "defs.yaml").write_text(json.dumps(TASK.model_dump(mode="json", exclude={"source_dir"})))
     monkeypatch.setenv("CONTINUUM_TASKS", str(task_dir))
     v1, _ = v1_serving(settings, lake)
-    instance = dg.DagsterInstance.get()  # the home's instance: its run queue holds what a tick requests
+    instance = home_instance
     names = [f"{TASK.name}_{kind}_sensor" for kind in ("quality_drop", "error_rate", "sample_count")]
     first, second, third = runs.tick_sensors(instance, names)
     assert first.status == "SUCCESS" and len(first.run_ids) == 1, first
@@ -193,7 +203,7 @@ def test_an_in_flight_training_and_the_cooldown_count_from_the_run_not_the_candi
         assert triggers.cooldown(instance, cooling).fire
 
 
-def test_after_cycle_two_nothing_retrains_on_unchanged_data(settings, lake, monkeypatch, tmp_path):
+def test_after_cycle_two_nothing_retrains_on_unchanged_data(settings, lake, monkeypatch, tmp_path, home_instance):
     """v2 trained on everything eligible and is champion; the only traffic is v1's, whose drop and error rate
     caused cycle 2. No cooldown at all (cooldown_hours 0: as if it had long passed): every training sensor and the
     schedule evaluate for two simulated days, hourly, then through the daemon's tick function: no training."""
@@ -204,7 +214,7 @@ def test_after_cycle_two_nothing_retrains_on_unchanged_data(settings, lake, monk
     v1_serving(settings, lake)
     v2 = register(settings, lake, eligible_ids(lake))  # cycle 2's candidate, promoted
     assert get_version(settings.mlflow_uri, TASK.registered_model_name, v2).aliases == ("champion",)
-    instance = dg.DagsterInstance.get()
+    instance = home_instance
     cursors: dict[str, str | None] = {}
     start = datetime(2026, 11, 30, 0, tzinfo=UTC)
     for hour in range(48):
