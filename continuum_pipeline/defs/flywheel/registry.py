@@ -89,8 +89,9 @@ def registered_model(task: TaskConfig) -> dg.AssetsDefinition:
             record_promotion(context, task, mlflow.tracking_uri, ref, None, "first registered version")
         return dg.MaterializeResult(metadata={
             "model": ref.name, "version": ref.version, "aliases": ", ".join(ref.aliases), "uri": ref.uri,
-            "mlflow_run_id": ref.run_id or "", "lineage_rows": rows,
-            **url_metadata("mlflow_run_url", models.run_url(mlflow.tracking_uri, ref.run_id or "")),
+            "mlflow_run_id": ref.run_id or candidate["mlflow_run_id"], "lineage_rows": rows,
+            # the training run (MLflow 3 may register from a logged model without a run id on the version)
+            **url_metadata("mlflow_run_url", models.run_url(mlflow.tracking_uri, candidate["mlflow_run_id"])),
             **url_metadata("mlflow_version_url", models.version_url(mlflow.tracking_uri, ref.name, ref.version)),
             "versions": aliases_table(mlflow.tracking_uri, ref.name),
             "summary": dg.MetadataValue.md(markdown_table(["tag", "value"], sorted(ref.tags.items()))),

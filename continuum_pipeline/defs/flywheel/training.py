@@ -166,7 +166,7 @@ def candidate_model(task: TaskConfig) -> dg.AssetsDefinition:
                            batch_size=t.batch_size, max_length=t.max_length, seed=t.seed, threads=t.threads,
                            mlflow_tracking_uri=mlflow.tracking_uri, mlflow_experiment=mlflow.experiment,
                            run_name=f"{task.name}-candidate-{context.run_id[:8]}",
-                           tags={f"continuum.{k}": v for k, v in lineage.items()})
+                           tags={f"continuum.{k}": str(v) for k, v in lineage.items()})  # MLflow: strings
         config_path = run_dir / "sft_config.json"
         config_path.write_text(json.dumps(sft.__dict__, indent=2))
         context.log.info(f"training from {start_name} ({start}) on {dataset.num_rows} curated rows "
