@@ -13,7 +13,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from continuum_pipeline.defs.flywheel.curve import learning_curve
+from continuum_pipeline.defs.flywheel.curve import learning_curve, learning_curve_table
 from continuum_pipeline.defs.flywheel.evaluation import golden_sets
 from continuum_pipeline.defs.flywheel.keys import key
 from continuum_pipeline.defs.resources import resources_from_settings
@@ -124,6 +124,10 @@ def test_learning_curve_rows_plots_production_and_cache(settings, lake, tmp_path
         assert {r["slice"]: r["success"] for r in again if r["model"] == "v2"} == pytest.approx(
             expected_success(v2_dir, items))
         assert "| v2 |" in meta["curve"].value
+
+    # the demo's table: the same rows outside a run, all from the cache now
+    said: list[str] = []
+    assert curve.markdown(learning_curve_table(settings, task, said.append)) == meta["curve"].value and not said
 
 
 def test_pareto_front_and_production_summary():

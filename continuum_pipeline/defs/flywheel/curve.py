@@ -34,9 +34,10 @@ def models_to_evaluate(task: TaskConfig, mlflow: MLflowResource, flywheel: Flywh
     return out
 
 
-def curve_rows(context, task: TaskConfig, lake: LakeResource, mlflow: MLflowResource,
+def curve_rows(say, task: TaskConfig, lake: LakeResource, mlflow: MLflowResource,
                flywheel: FlywheelResource) -> tuple[list[dict], list[str], int]:
-    """(table rows, models evaluated now, models from the cache): evaluates only what the cache lacks."""
+    """(table rows, models evaluated now, models from the cache): evaluates only what the cache lacks; `say`
+    gets a line per model it evaluates."""
     from datetime import UTC, datetime
 
     from continuum_pipeline.defs.flywheel.labels import build_judges
@@ -61,7 +62,7 @@ def curve_rows(context, task: TaskConfig, lake: LakeResource, mlflow: MLflowReso
             if judges is None:
                 built = {j.name: j for j in build_judges(task, flywheel, {p.judge for p in task.gate.metrics.values()})}
                 judges = {m: built[p.judge] for m, p in task.gate.metrics.items()}
-            context.log.info(f"learning curve: {model.model} answers {len(examples)} golden examples")
+            say(f"learning curve: {model.model} answers {len(examples)} golden examples")
             hit = curve.evaluate(model, examples, judges, judge_versions, golden_versions, datetime.now(UTC))
             evaluated.append(model.model)
         rows += hit
@@ -91,7 +92,7 @@ def learning_curve(task: TaskConfig) -> dg.AssetsDefinition:
         from continuum_pipeline.defs.metadata import table_rows
         from continuum_pipeline.evaluation import curve
 
-        rows, evaluated, from_cache = curve_rows(context, task, lake, mlflow, flywheel)
+        rows, evaluated, from_cache = curve_rows(context.log.info, task, lake, mlflow, flywheel)
         if not any(curve.overall(r) is not None for r in rows):
             raise dg.Failure(f"{task.name}/learning_curve: no model to evaluate yet: materialize "
                              f"`{task.name}/base_model` or register a version (the task's training job does both)")
@@ -122,3 +123,12 @@ def learning_curve(task: TaskConfig) -> dg.AssetsDefinition:
         })
 
     return _learning_curve
+
+
+def learning_curve_table(settings, task: TaskConfig, say=print) -> list[dict]:
+    """The rows the asset shows, outside a run (the demo prints them): from the cache where it can, evaluating
+    what it lacks. `continuum_pipeline.evaluation.curve.markdown(rows)` renders them."""
+    from continuum_pipeline.defs.resources import resources_from_settings
+
+    resources = resources_from_settings(settings)
+    return curve_rows(say, task, resources["lake"], resources["mlflow"], resources["flywheel"])[0]

@@ -115,7 +115,7 @@ def eval_gate(task: TaskConfig) -> dg.AssetChecksDefinition:
             metadata={"champion": champion_name, "failed_slices": len(result.failures),
                       **{f"{m}_candidate": float(r.candidate) for m, r in overall.items()},
                       **{f"{m}_champion": float(r.champion) for m, r in overall.items()},
-                      "golden_versions": str(golden_versions(context.instance, task)),
+                      "golden_versions": dg.MetadataValue.json(golden_versions(context.instance, task)),
                       "slices": dg.MetadataValue.md(f"Champion: **{champion_name}**\n\n" + result.markdown())},
         )
 
