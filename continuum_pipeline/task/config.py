@@ -334,6 +334,31 @@ class TrainingSpec(_Strict):
     lora: LoraSpec = Field(default_factory=LoraSpec)
 
 
+class DriftSpec(_Strict):
+    """drift: the user turns of the latest day the champion did not train on vs the ones it trained on."""
+
+    slice_field: str | None = Field(
+        None, description="The interactions' `metadata` key whose values are the slices (e.g. `intent`); null: the "
+                          "golden sets' `metadata.*` slice fields.")
+    psi_threshold: float = Field(0.2, gt=0, description="Population-stability index over the slices above which "
+                                                        "the mix has shifted (0.2: the usual 'significant shift').")
+    centroid_threshold: float | None = Field(
+        0.1, gt=0, le=2, description="Cosine distance between the mean user-turn embeddings above which the inputs "
+                                     "have shifted (depends on the embedder); null: reported, never fires.")
+    min_interactions: int = Field(50, gt=0, description="Fewer interactions (or embedded turns) on either side: "
+                                                        "that statistic does not decide.")
+
+    @field_validator("slice_field")
+    @classmethod
+    def _key(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        key = value.removeprefix("metadata.")
+        if not re.match(r"^[A-Za-z0-9_.-]+$", key):
+            raise ValueError(f"{value!r} is not a metadata key: give one like `intent` (dotted paths allowed)")
+        return key
+
+
 class TriggerSpec(_Strict):
     """When the task trains again. Each trigger fires once per cause and only for what the current champion was
     exposed to (its own traffic, data it did not train on); one training of the task at a time."""
@@ -349,6 +374,7 @@ class TriggerSpec(_Strict):
                                                          "training run started (a queued or running one counts).")
     schedule: str | None = Field("0 4 * * 1", description="Cron for periodic retraining when there is data the "
                                                           "champion did not train on; null: none.")
+    drift: DriftSpec = Field(default_factory=DriftSpec)
 
 
 class TaskConfig(_Strict):
