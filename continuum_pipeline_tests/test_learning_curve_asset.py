@@ -143,3 +143,13 @@ def test_pareto_front_and_production_summary():
     teacher = served[("teacher", None)]
     assert (teacher.mean_reward, teacher.cost_per_query_usd) == (None, None)
     assert key(task_config(), "learning_curve").to_user_string() == "support_answer/learning_curve"
+
+
+def test_learning_curve_before_the_golden_set_says_what_to_materialize(settings, lake):
+    task = task_config()
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([learning_curve(task)], instance=instance, raise_on_error=False,
+                                resources=resources_from_settings(settings))
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "materialize `support_answer/golden/golden` first" in failure.event_specific_data.error.message

@@ -46,6 +46,9 @@ def curve_rows(say, task: TaskConfig, lake: LakeResource, mlflow: MLflowResource
     the_lake = lake.lake()
     examples, versions = [], {}
     for spec in task.golden_sets:
+        if not the_lake.table_exists(task.table(f"golden__{spec.name}")):
+            raise dg.Failure(f"{task.name}/learning_curve: golden set `{spec.name}` is not in the lake yet: "
+                             f"materialize `{task.name}/golden/{spec.name}` first (the training job does)")
         table = the_lake.read_arrow(task.table(f"golden__{spec.name}"))
         versions[spec.name] = golden.version(table)
         examples += golden.items(table, f"{spec.name}/" if len(task.golden_sets) > 1 else "")
