@@ -4,6 +4,7 @@ evaluated through the daemon's tick function records its tick and cursor and que
 from __future__ import annotations
 
 import dagster as dg
+import pytest
 from dagster._core.storage.tags import REPOSITORY_LABEL_TAG
 
 from continuum_pipeline import runs
@@ -14,9 +15,16 @@ from .conftest import interaction, write_segment
 LABEL = f"__repository__@{runs.LOCATION}"
 
 
-def test_a_cli_run_belongs_to_its_job_in_the_code_location(settings):
+@pytest.fixture
+def instance(settings):
+    """The home's instance, entered: the code location loaded in process reads its storage from the instance in
+    context, not from one an earlier test left behind."""
+    with dg.DagsterInstance.get() as home:
+        yield home
+
+
+def test_a_cli_run_belongs_to_its_job_in_the_code_location(settings, instance):
     write_segment(settings.landing_dir, "20261121T000000Z-r1", [interaction(i) for i in range(3)])
-    instance = dg.DagsterInstance.get()
     result = run_job("ingest_job", instance=instance, tags={"continuum/source": "test"})
     assert result.success
     listed = instance.get_runs(dg.RunsFilter(job_name="ingest_job", tags={REPOSITORY_LABEL_TAG: LABEL}))
@@ -29,8 +37,7 @@ def test_a_cli_run_belongs_to_its_job_in_the_code_location(settings):
     assert instance.get_latest_materialization_event(dg.AssetKey("interactions")).run_id == run.run_id
 
 
-def test_an_unknown_job_names_the_jobs_there_are(settings):
-    instance = dg.DagsterInstance.get()
+def test_an_unknown_job_names_the_jobs_there_are(instance):
     try:
         run_job("no_such_job", instance=instance)
     except KeyError as exc:
@@ -39,9 +46,8 @@ def test_an_unknown_job_names_the_jobs_there_are(settings):
         raise AssertionError("expected a KeyError")
 
 
-def test_a_sensor_tick_is_recorded_and_its_queued_run_executes_here(settings):
+def test_a_sensor_tick_is_recorded_and_its_queued_run_executes_here(settings, instance):
     write_segment(settings.landing_dir, "20261121T000000Z-r2", [interaction(i) for i in range(4)])
-    instance = dg.DagsterInstance.get()
     [tick] = runs.tick_sensors(instance, ["landing_sensor"])
     assert tick.status == "SUCCESS" and len(tick.run_ids) == 1 and "20261121T000000Z-r2" in tick.cursor
     run = instance.get_run_by_id(tick.run_ids[0])

@@ -33,10 +33,14 @@ ALSO_TAG = "continuum/also/"  # + trigger: the reason of a trigger that fired wh
 
 
 def jobs(task: TaskConfig) -> tuple:
+    from continuum_pipeline.defs.loggers import COMPACT_RUN_CONFIG
+
     shared = dg.AssetSelection.groups("sql")  # the staging models the task models read
+    # A run a sensor requests carries no run config: the compact logger by default keeps its console (the demo's,
+    # a run worker's) to one line per message; the full log is in the instance either way.
     training = dg.define_asset_job(job_name(task, "training"), selection=dg.AssetSelection.key_prefixes([task.name])
-                                   | shared, description=f"{task.name}: label, curate, train a candidate, gate it, "
-                                                         "register it.")
+                                   | shared, config=COMPACT_RUN_CONFIG,
+                                   description=f"{task.name}: label, curate, train a candidate, gate it, register it.")
     monitoring = dg.define_asset_job(
         job_name(task, "monitoring"),
         selection=dg.AssetSelection.assets(key(task, "reward_labels")) | dg.AssetSelection.groups(f"{task.name}_sql")
