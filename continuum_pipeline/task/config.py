@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from continuum_pipeline.config_errors import format_validation_error
 from continuum_pipeline.evaluation.policy import GatePolicy
 from continuum_pipeline.judge.specs import JudgeSpec
+from continuum_pipeline.rollout.policy import RolloutSpec
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _FIELD = re.compile(r"^(metadata\.[A-Za-z0-9_.-]+|task|model|model_version|route|consent|source|status)$")
@@ -377,6 +378,50 @@ class TriggerSpec(_Strict):
     drift: DriftSpec = Field(default_factory=DriftSpec)
 
 
+class RolloutArms(_Strict):
+    """The gateway arms the rollout writes for the task: the stable arm serves the champion, the challenger arm
+    the version being rolled out (defaults: the local model server of `continuum serve`, one mount per alias)."""
+
+    stable_base_url: str = Field("http://127.0.0.1:4318/local/champion/v1",
+                                 description="OpenAI-compatible base URL serving the champion.")
+    challenger_base_url: str = Field("http://127.0.0.1:4318/local/challenger/v1",
+                                     description="OpenAI-compatible base URL serving the challenger.")
+    stable_model: str | None = Field(None, description="Model name sent upstream on the stable arm (null: the "
+                                                       "request's own).")
+    challenger_model: str | None = Field(None, description="Model name sent upstream on the challenger arm.")
+    sticky: Literal["user", "session", "none"] = Field(
+        "user", description="Keep a user (or session) on one arm while the weights stay the same.")
+
+    @field_validator("stable_base_url", "challenger_base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"{value!r} is not an http(s) base URL: give one like "
+                             "http://127.0.0.1:4318/local/champion/v1")
+        return value
+
+
+# What the rollout can measure per arm from the lake (observe.py), and each one's kind.
+ROLLOUT_METRICS = {"reward": "mean", "error_rate": "rate", "latency_ms": "mean", "cost_usd": "mean"}
+
+
+class TaskRollout(RolloutSpec):
+    """The rollout policy (rollout/policy.py) plus where the task's two arms are served."""
+
+    arms: RolloutArms = Field(default_factory=RolloutArms)
+
+    @model_validator(mode="after")
+    def _measurable(self) -> TaskRollout:
+        for name, rule in self.metrics.items():
+            if name not in ROLLOUT_METRICS:
+                raise ValueError(f"metrics.{name}: the rollout measures {sorted(ROLLOUT_METRICS)} per arm; "
+                                 f"rename it to one of those")
+            if rule.kind != ROLLOUT_METRICS[name]:
+                raise ValueError(f"metrics.{name}.kind: {name} is a {ROLLOUT_METRICS[name]}, set "
+                                 f"kind: {ROLLOUT_METRICS[name]}")
+        return self
+
+
 class TaskConfig(_Strict):
     """One FlywheelComponent instance: one task, one model."""
 
@@ -393,6 +438,8 @@ class TaskConfig(_Strict):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     triggers: TriggerSpec = Field(default_factory=TriggerSpec)
     privacy: PrivacySpec = Field(default_factory=PrivacySpec)
+    rollout: TaskRollout = Field(default_factory=TaskRollout, description="How a registered challenger reaches "
+                                                                           "production, and when it is rolled back.")
     source_dir: str | None = Field(None, description="Set by the loader: the YAML's folder (for relative paths).")
 
     @field_validator("name")
