@@ -62,12 +62,14 @@ def _gates(result, gates: list[dict]) -> None:
                           "failed_rows": meta.get("failed_slices"), "table": meta.get("slices")})
 
 
-def _run(settings: Settings, job: str, tags: dict[str, str] | None = None, gates: list[dict] | None = None) -> bool:
+def _run(settings: Settings, job: str, tags: dict[str, str] | None = None, gates: list[dict] | None = None,
+         run_config: dict | None = None) -> bool:
     """Run a job of the code location (listed under it in the UI); with `gates`, keep the eval gate's verdict."""
     from continuum_pipeline.cli import run_job
 
     started = time.perf_counter()
-    result = run_job(job, tags={"continuum/source": "demo", **(tags or {})}, settings=settings, raise_on_error=False)
+    result = run_job(job, tags={"continuum/source": "demo", **(tags or {})}, settings=settings, raise_on_error=False,
+                     run_config=run_config)
     _say(f"    {job}: {'ok' if result.success else 'FAILED'} in {time.perf_counter() - started:.0f}s "
          f"(run {result.run_id[:8]})")
     if gates is not None:
@@ -201,7 +203,8 @@ def run_demo(scenario_path: str | None, json_out: Path | None, size: DemoSize | 
 
 def _promote(settings: Settings, task: TaskConfig, version: str, reason: str) -> None:
     """Promotion is a Dagster run (the task's promotion job): its events state the aliases as they are."""
-    ok = _run(settings, f"{task.name}_promotion_job", {"continuum/trigger": "demo: gate passed"})
+    ok = _run(settings, f"{task.name}_promotion_job", {"continuum/trigger": "demo: gate passed"},
+              run_config={"ops": {f"{task.name}__promote": {"config": {"version": version, "reason": reason}}}})
     if ok:
         _say(f"    v{version} promoted to champion ({reason})")
 
@@ -219,6 +222,7 @@ def _finish(report: DemoReport, settings: Settings, task: TaskConfig, desk, json
     report.seconds = time.perf_counter() - started
     report.targets = targets(report.curve)
     print_curve(report)
+    _print_curve_asset(settings, task)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps({"cycles": report.cycles, "curve": report.curve, "gates": report.gates,
@@ -227,6 +231,23 @@ def _finish(report: DemoReport, settings: Settings, task: TaskConfig, desk, json
         _say(f"\nwrote {json_out}")
     _say(f"\nSee the runs, assets, checks and lineage: CONTINUUM_HOME={settings.home} continuum ui   (or: make ui)")
     return report
+
+
+def _print_curve_asset(settings: Settings, task: TaskConfig) -> None:
+    """The task's learning_curve asset as the UI shows it (the gate's judges on its golden sets, per slice)."""
+    from continuum_pipeline.cli import print_table
+    from continuum_pipeline.defs.flywheel.curve import learning_curve_table
+    from continuum_pipeline.evaluation.curve import slice_columns
+
+    rows = learning_curve_table(settings, task, say=lambda *_: None)
+    if not rows:
+        return
+    columns = [c for c in slice_columns(rows) if c in ("all", "unchanged_intents", "changed_intents")]
+    _say(f"\n{task.name}/learning_curve (the asset in the UI, with per-slice and cost–quality plots), "
+         "the golden set as the gate judges it:")
+    print_table(["model", *columns, "prod. mean reward", "cost/query $"],
+                [[r["model"], *[_pct(r.get(c)) for c in columns], r.get("production_mean_reward"),
+                  r.get("cost_per_query_usd")] for r in rows])
 
 
 def write_broken_producer_segment(landing: Path) -> int:
