@@ -16,6 +16,7 @@ import pytest
 
 from continuum_pipeline.defs.flywheel import triggers
 from continuum_pipeline.defs.flywheel.drift import drift_sensor
+from continuum_pipeline.defs.loggers import compact_console
 from continuum_pipeline.defs.resources import resources_from_settings
 from continuum_pipeline.evaluation import drift
 from continuum_pipeline.lake.ingest import ingest_landing
@@ -69,19 +70,23 @@ def test_the_decision_fires_on_a_shifted_slice_mix_and_skips_on_the_same_mix():
     spec = DriftSpec(min_interactions=20)
     trained = {k: round(v * 200) for k, v in TRAINED_MIX.items()}
     same = drift.decide(report({k: v // 4 for k, v in trained.items()}, trained), spec)
-    assert not same.fire and "slice PSI 0.000 over metadata.intent (≤ 0.2)" in same.reason
+    assert not same.fire and "slice PSI 0.000 on metadata.intent (≤ 0.2)" in same.reason
     shifted = drift.decide(report({k: round(v * 50) for k, v in SHIFTED_MIX.items()}, trained), spec)
     assert shifted.fire and shifted.key == "drift:v3:2026-11-21"
-    assert shifted.reason.startswith("drift in the slice mix: v3: 50 interactions on 2026-11-21 it did not train on")
+    assert shifted.reason.startswith("drift in the slice mix: v3 on 2026-11-21: 50 interactions it did not train on "
+                                     "vs 200 it did")
     # too few interactions today: the PSI is reported but does not decide
     few = drift.decide(report({"account": 10}, trained), spec)
-    assert not few.fire and "not deciding (fewer than 20 interactions)" in few.reason
+    assert not few.fire and "slice PSI" in few.reason and "not deciding (< 20 interactions)" in few.reason
     # the centroid decides alone when the slice mix has not moved; not without enough embedded turns
     moved = report(trained, trained, centroid_distance=0.25, embedded_today=40, embedded_trained=200)
     assert drift.decide(moved, spec).fire and drift.decide(moved, spec).reason.startswith("drift in the inputs")
     assert not drift.decide(moved, DriftSpec(min_interactions=20, centroid_threshold=None)).fire
     sparse = report(trained, trained, centroid_distance=0.25, embedded_today=5, embedded_trained=200)
-    assert not drift.decide(sparse, spec).fire and "5 of 200 turns today" in drift.decide(sparse, spec).reason
+    assert not drift.decide(sparse, spec).fire and "(5/200 today, 200/200 trained embedded, < 20)" in \
+        drift.decide(sparse, spec).reason
+    assert drift.decide(report({}, trained, n_today=0), spec).reason == "v3: no interactions on 2026-11-21 it did not " \
+                                                                      "train on"
 
 
 def test_the_slice_field_comes_from_the_spec_or_the_golden_sets_metadata_slices():
@@ -162,9 +167,9 @@ def test_the_drift_sensor_skips_on_the_trained_mix_and_requests_one_training_on_
         embed(lake, [r for k, r in enumerate(same) if k % 3], embedder)  # 20 not embedded: counted, not guessed
         quiet, cursor = evaluate(settings, instance)
         assert isinstance(quiet, dg.SkipReason), quiet
-        assert quiet.skip_message.startswith(f"v{v1}: 60 interactions on 2026-11-21 it did not train on vs its 200")
-        assert "slice PSI 0.000 over metadata.intent" in quiet.skip_message
-        assert "40 of 60 turns today and 200 of 200 trained embedded" in quiet.skip_message
+        assert quiet.skip_message.startswith(f"v{v1} on 2026-11-21: 60 interactions it did not train on vs 200 it did")
+        assert "slice PSI 0.000 on metadata.intent" in quiet.skip_message
+        assert "40/60 today, 200/200 trained embedded" in quiet.skip_message
 
         shifted = traffic(22, SHIFTED_MIX, 60, 300)
         ingest(settings, lake, "c", shifted)
@@ -188,3 +193,27 @@ def test_the_drift_sensor_skips_on_the_trained_mix_and_requests_one_training_on_
     # another day of the trained mix stays under the default centroid threshold; the shifted mix passes it
     assert 0 < calm["centroid_distance"] < TASK.triggers.drift.centroid_threshold < moved["centroid_distance"]
     assert json.loads(moved["slice_shares"])["metadata.intent"]["today"]["account"] == pytest.approx(0.7)
+
+
+def test_without_embeddings_the_slice_mix_decides_and_a_training_in_flight_takes_the_reason(settings, lake):
+    trained = traffic(19, TRAINED_MIX, 100, 0)
+    ingest(settings, lake, "a", trained + traffic(20, SHIFTED_MIX, 40, 100))
+    v1 = champion_trained_on(settings, lake, [r["interaction_id"] for r in trained])
+    training_job = triggers.jobs(TASK)[0]
+    resources = resources_from_settings(settings)
+    defs = dg.Definitions(jobs=[training_job], sensors=[drift_sensor(TASK, training_job)],
+                          resources={"lake": resources["lake"], "mlflow": resources["mlflow"]},
+                          loggers={"compact_console": compact_console})  # the training job's run config names it
+    dg.Definitions.validate_loadable(defs)
+    assert defs.resolve_sensor_def(f"{TASK.name}_drift_sensor").default_status == dg.DefaultSensorStatus.RUNNING
+    with dg.instance_for_test() as instance:
+        run = instance.create_run_for_job(defs.resolve_job_def(training_job.name), status=dg.DagsterRunStatus.STARTED)
+        joined, _ = evaluate(settings, instance)
+        assert isinstance(joined, dg.SkipReason) and f"training run {run.run_id[:8]} is already STARTED" in \
+            joined.skip_message
+        reason = instance.get_run_by_id(run.run_id).tags["continuum/also/drift"]
+        assert reason.startswith(f"drift in the slice mix: v{v1} on 2026-11-20: 40 interactions it did not train on")
+    (row,) = lake.read_arrow(TASK.table("drift_daily")).to_pylist()
+    assert row["fired"] and row["centroid_distance"] is None and row["champion_version"] == v1
+    assert row["outcome"].startswith("drift in the slice mix") and "already STARTED" in row["outcome"]
+    assert "no centroid (0/40 today, 0/100 trained embedded: materialize the task's embeddings)" in row["outcome"]

@@ -94,25 +94,30 @@ def decide(report: DriftReport, spec) -> Decision:
     """Fire when the slice PSI or the centroid distance passes its threshold (`spec`: a DriftSpec), each only with
     at least `spec.min_interactions` on both sides. The key names the champion and the day: once per cause."""
     who = served_by(report.champion)
-    head = f"{who}: {report.n_today} interactions on {report.day} it did not train on vs its {report.n_trained}"
+    key = f"drift:{who}:{report.day}"
+    if not report.n_today:
+        return Decision(False, f"{who}: no interactions on {report.day} it did not train on")
+    if not report.n_trained:
+        return Decision(False, f"{who}: none of its training interactions is in the lake (no model_lineage rows, "
+                               "or forgotten): nothing to compare with")
+    head = f"{who} on {report.day}: {report.n_today} interactions it did not train on vs {report.n_trained} it did"
     parts, fired = [], []
     if report.worst is None:
         parts.append("no slice field (set triggers.drift.slice_field or a golden set's metadata.* slices)")
     elif min(report.n_today, report.n_trained) < spec.min_interactions:
-        parts.append(f"slice PSI {report.psi:.3f} not deciding (fewer than {spec.min_interactions} interactions)")
+        parts.append(f"slice PSI {report.psi:.3f} not deciding (< {spec.min_interactions} interactions)")
     else:
         over = report.psi > spec.psi_threshold
-        parts.append(f"slice PSI {report.psi:.3f} over {report.worst.field} "
-                     f"({'>' if over else '≤'} {spec.psi_threshold})")
+        parts.append(f"slice PSI {report.psi:.3f} on {report.worst.field} ({'>' if over else '≤'} {spec.psi_threshold})")
         if over:
             fired.append("slice mix")
-    embedded = f"{report.embedded_today} of {report.n_today} turns today and {report.embedded_trained} of " \
-               f"{report.n_trained} trained embedded"
+    embedded = (f"{report.embedded_today}/{report.n_today} today, {report.embedded_trained}/{report.n_trained} "
+                "trained embedded")
     if report.centroid_distance is None:
-        parts.append(f"no centroid distance ({embedded}: materialize the task's embeddings)")
+        parts.append(f"no centroid ({embedded}: materialize the task's embeddings)")
     elif min(report.embedded_today, report.embedded_trained) < spec.min_interactions:
-        parts.append(f"centroid distance {report.centroid_distance:.3f} not deciding ({embedded}, fewer than "
-                     f"{spec.min_interactions})")
+        parts.append(f"centroid distance {report.centroid_distance:.3f} not deciding ({embedded}, "
+                     f"< {spec.min_interactions})")
     else:
         threshold = spec.centroid_threshold
         over = threshold is not None and report.centroid_distance > threshold
@@ -123,7 +128,7 @@ def decide(report: DriftReport, spec) -> Decision:
     reason = f"{head}: {'; '.join(parts)}"
     if fired:
         reason = f"drift in the {' and '.join(fired)}: {reason}"
-    return Decision(bool(fired), reason, key=f"drift:{who}:{report.day}")
+    return Decision(bool(fired), reason, key=key)
 
 
 # --- reading the lake --------------------------------------------------------------------------------------------
