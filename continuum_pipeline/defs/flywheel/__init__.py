@@ -19,6 +19,7 @@ def build_task_definitions(task: TaskConfig, sql_dir: Path | None = None) -> dg.
         evaluation,
         labels,
         registry,
+        rollout,
         sql,
         training,
         triggers,
@@ -32,11 +33,12 @@ def build_task_definitions(task: TaskConfig, sql_dir: Path | None = None) -> dg.
               registry.champion_spec(task), curve.learning_curve(task)]
     assets = dg.map_asset_specs(lambda spec: _with_column_schema(task, spec), assets)
     training_job, monitoring_job = triggers.jobs(task)
+    rollout_asset, rollout_job, canary_sensor = rollout.definitions(task)
     return dg.Definitions(
-        assets=assets,
+        assets=[*assets, rollout_asset],
         asset_checks=[evaluation.eval_gate(task)],
-        jobs=[training_job, monitoring_job, registry.promotion_job(task)],
-        sensors=[*triggers.sensors(task, training_job), retrain_on_forget_sensor(task, training_job)],
+        jobs=[training_job, monitoring_job, registry.promotion_job(task), rollout_job],
+        sensors=[*triggers.sensors(task, training_job), retrain_on_forget_sensor(task, training_job), canary_sensor],
         schedules=triggers.schedules(task, training_job),
     )
 

@@ -39,7 +39,7 @@ def jobs(task: TaskConfig) -> tuple:
     # A run a sensor requests carries no run config: the compact logger by default keeps its console (the demo's,
     # a run worker's) to one line per message; the full log is in the instance either way.
     training = dg.define_asset_job(job_name(task, "training"), selection=dg.AssetSelection.key_prefixes([task.name])
-                                   | shared, config=COMPACT_RUN_CONFIG,
+                                   - dg.AssetSelection.groups(f"{task.name}_rollout") | shared, config=COMPACT_RUN_CONFIG,
                                    description=f"{task.name}: label, curate, train a candidate, gate it, register it.")
     monitoring = dg.define_asset_job(
         job_name(task, "monitoring"),
