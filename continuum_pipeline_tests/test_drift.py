@@ -24,7 +24,7 @@ from continuum_pipeline.registry import lineage
 from continuum_pipeline.registry.models import get_version
 from continuum_pipeline.task.config import DriftSpec
 
-from .conftest import interaction, task_config, write_segment
+from .conftest import interaction, label_task, run_task_sql, task_config, write_segment
 from .test_forget import _register
 
 TASK = task_config(golden_sets=[{"name": "golden", "file": "golden.jsonl", "slices": ["metadata.intent", "route"]}],
@@ -85,6 +85,12 @@ def test_the_decision_fires_on_a_shifted_slice_mix_and_skips_on_the_same_mix():
     sparse = report(trained, trained, centroid_distance=0.25, embedded_today=5, embedded_trained=200)
     assert not drift.decide(sparse, spec).fire and "(5/200 today, 200/200 trained embedded, < 20)" in \
         drift.decide(sparse, spec).reason
+    # drift asks for a training only with something new to learn from
+    learnable = drift.with_new_data(shifted, 12)
+    assert learnable.fire and learnable.reason.endswith("; 12 new dataset-eligible interactions")
+    unchanged = drift.with_new_data(shifted, 0)
+    assert not unchanged.fire and unchanged.reason.endswith("a training would learn nothing new")
+    assert drift.with_new_data(same, 12) == same
     assert drift.decide(report({}, trained, n_today=0), spec).reason == "v3: no interactions on 2026-11-21 it did not " \
                                                                       "train on"
 
@@ -113,8 +119,11 @@ def traffic(day: int, mix: dict[str, float], n: int, start: int) -> list[dict]:
 
 
 def ingest(settings, lake, name: str, records: list[dict]) -> None:
+    """Ingest, label and run the task's SQL models: what sft_dataset would hold is what counts as new data."""
     write_segment(settings.landing_dir, f"20261130T000000Z-{name}", records)
     ingest_landing(lake, settings.landing_dir)
+    label_task(lake, TASK, [spec.build() for spec in TASK.judges])
+    run_task_sql(lake, TASK)
 
 
 def champion_trained_on(settings, lake, ids: list[str]) -> str:
@@ -217,3 +226,18 @@ def test_without_embeddings_the_slice_mix_decides_and_a_training_in_flight_takes
     assert row["fired"] and row["centroid_distance"] is None and row["champion_version"] == v1
     assert row["outcome"].startswith("drift in the slice mix") and "already STARTED" in row["outcome"]
     assert "no centroid (0/40 today, 0/100 trained embedded: materialize the task's embeddings)" in row["outcome"]
+
+
+def test_drift_without_data_the_champion_could_learn_from_asks_for_nothing(settings, lake):
+    trained = traffic(19, TRAINED_MIX, 100, 0)
+    denied = [{**r, "consent": "denied"} for r in traffic(20, SHIFTED_MIX, 40, 100)]  # never training data
+    ingest(settings, lake, "a", trained + denied)
+    v1 = champion_trained_on(settings, lake, [r["interaction_id"] for r in trained])
+    with dg.instance_for_test() as instance:
+        quiet, cursor = evaluate(settings, instance)
+        assert isinstance(quiet, dg.SkipReason) and cursor is None
+        assert quiet.skip_message.startswith(f"drift in the slice mix: v{v1} on 2026-11-20")
+        assert quiet.skip_message.endswith("no dataset-eligible interaction it did not train on: a training would "
+                                           "learn nothing new")
+    (row,) = lake.read_arrow(TASK.table("drift_daily")).to_pylist()
+    assert row["fired"] and row["outcome"] == quiet.skip_message

@@ -131,6 +131,17 @@ def decide(report: DriftReport, spec) -> Decision:
     return Decision(bool(fired), reason, key=key)
 
 
+def with_new_data(decision: Decision, new: int) -> Decision:
+    """Drift asks for a training only when there is something new to learn from: `new` dataset-eligible
+    interactions the champion did not train on. Nothing retrains on unchanged data."""
+    if not decision.fire:
+        return decision
+    if new <= 0:
+        return Decision(False, f"{decision.reason}; no dataset-eligible interaction it did not train on: a training "
+                               "would learn nothing new", decision.key)
+    return Decision(True, f"{decision.reason}; {new} new dataset-eligible interactions", decision.key)
+
+
 # --- reading the lake --------------------------------------------------------------------------------------------
 
 @dataclass

@@ -2,12 +2,13 @@
 
 The statistics and the decision are evaluation/drift.py's; this sensor reads the champion and its training
 interactions (`model_lineage`), asks for a training through `request_training` (once per champion and day, one
-training at a time, the cooldown), and writes the day's numbers to `<task>__drift_daily` for the dashboard.
+training at a time, the cooldown; only with dataset-eligible data the champion did not train on), and writes the
+day's numbers to `<task>__drift_daily` for the dashboard.
 """
 
 import dagster as dg
 
-from continuum_pipeline.defs.flywheel.triggers import champion, request_training
+from continuum_pipeline.defs.flywheel.triggers import champion, eligible_counts, request_training
 from continuum_pipeline.defs.resources import LakeResource, MLflowResource
 from continuum_pipeline.task.config import TaskConfig
 
@@ -36,11 +37,15 @@ def drift_sensor(task: TaskConfig, training_job) -> dg.SensorDefinition:
         if report is None:
             return dg.SkipReason(f"no interactions of {task.name} in the lake yet")
         decision = drift.decide(report, spec)
-        result = request_training(context, task, TRIGGER, decision)
+        asked = decision
+        if decision.fire:  # only then: counting the eligible rows runs the curation policy
+            eligible, seen = eligible_counts(context.instance, lake, task, ref)
+            asked = drift.with_new_data(decision, eligible - seen)
+        result = request_training(context, task, TRIGGER, asked)
         outcome = (f"requested {result.run_key}" if isinstance(result, dg.RunRequest)
                    else result.skip_message or "skipped")
         drift.record(the_lake, task, report, decision, outcome)
-        context.log.info(decision.reason)
+        context.log.info(asked.reason)
         return result
 
     return _drift
