@@ -17,14 +17,16 @@ def free_port() -> int:
 class Served:
     """`with Served(settings) as served:` serves until the block ends; `served.url` is its base URL."""
 
-    def __init__(self, settings, model_dir: Path | None = None):
+    def __init__(self, settings, model_dir: Path | str | list | None = None):
         import uvicorn
 
         from continuum_pipeline.server.app import create_app
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.app = create_app(settings, str(model_dir) if model_dir else None)
+        # model_dir: one model, or several (champion:NAME, challenger:NAME) each at /local/<alias>/v1
+        dirs = [str(m) for m in model_dir] if isinstance(model_dir, list | tuple) else model_dir and str(model_dir)
+        self.app = create_app(settings, dirs or None)
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -275,8 +275,9 @@ def test_local_arm_serves_the_registry_champion(gw_settings, sdk, tiny_model, mo
     from continuum_pipeline.server import local_model
 
     current: dict = {}
-    monkeypatch.setattr(local_model, "CHAMPION_CHECK_SECONDS", 0.0)
-    monkeypatch.setattr(registry, "champion", lambda uri, name: current.get(name))
+    monkeypatch.setattr(local_model, "ALIAS_CHECK_SECONDS", 0.0)
+    monkeypatch.setattr(registry, "by_alias", lambda uri, name, alias: current.get(name) if alias == "champion"
+                        else None)
     monkeypatch.setattr(registry, "model_dir", lambda uri, ref, cache: tiny_model)
     with Served(gw_settings, "champion:student") as served:
         write_arms(gw_settings, [local_arm(served)])

@@ -10,6 +10,7 @@ at start (a broken task YAML stops it: it cannot redact as that task asks).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -21,11 +22,15 @@ from continuum_pipeline.settings import Settings
 
 async def healthz(request: Request) -> JSONResponse:
     from continuum_pipeline.capture.writer import WRITER
+    from continuum_pipeline.server import gateway
 
-    return JSONResponse({"status": "ok", "capture": WRITER.stats()})
+    return JSONResponse({"status": "ok", "capture": WRITER.stats(), "gateway": gateway.stats()})
 
 
-def create_app(settings: Settings, model_dir: str | None = None) -> Starlette:
+def create_app(settings: Settings, model_dir: str | Sequence[str] | None = None,
+               threads: int | None = None) -> Starlette:
+    """`model_dir`: one or more local models to serve as upstream arms (see server/local_model.py); `threads`:
+    the torch threads their generation uses (default CONTINUUM_SERVE_THREADS, else min(2, CPUs))."""
     from continuum_pipeline.capture.writer import WRITER
     from continuum_pipeline.privacy.redact import task_redactors
     from continuum_pipeline.server import gateway, langfuse, otlp
@@ -35,7 +40,7 @@ def create_app(settings: Settings, model_dir: str | None = None) -> Starlette:
     routes = [Route("/healthz", healthz, methods=["GET"])]
     routes += otlp.routes(settings)
     routes += langfuse.routes(settings)
-    routes += gateway.routes(settings, model_dir)
+    routes += gateway.routes(settings, model_dir, threads)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
@@ -51,7 +56,8 @@ def create_app(settings: Settings, model_dir: str | None = None) -> Starlette:
     return Starlette(routes=routes, lifespan=lifespan)
 
 
-def serve(settings: Settings, host: str = "127.0.0.1", port: int = 4318, model_dir: str | None = None) -> None:
+def serve(settings: Settings, host: str = "127.0.0.1", port: int = 4318,
+          model_dir: str | Sequence[str] | None = None, threads: int | None = None) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(settings, model_dir), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(settings, model_dir, threads), host=host, port=port, log_level="info")

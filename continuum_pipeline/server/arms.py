@@ -1,9 +1,9 @@
 """The gateway's arms: which upstreams serve each task, and with what weight. ONE file, re-read when it changes.
 
-The rollout drives the weights by rewriting this file (write a temp file, then rename it over the old one);
-the gateway notices the new mtime/size/inode on the next request and routes by the new weights at once.
-Default path `$CONTINUUM_HOME/gateway/arms.json`, or `CONTINUUM_GATEWAY_ARMS`. JSON, or YAML when the name
-ends in .yaml/.yml:
+The rollout drives the weights by rewriting this file (write a temp file, then rename it over the old one:
+`write()`); the gateway notices the new mtime/size/inode on the next request and routes by the new weights at
+once. The file is the state: a restarted gateway routes by the weights last written. Default path
+`$CONTINUUM_HOME/gateway/arms.json`, or `CONTINUUM_GATEWAY_ARMS`. JSON, or YAML when the name ends in .yaml/.yml:
 
     {
       "default_task": "support_answer",            # used when a request names no task (optional)
@@ -11,20 +11,36 @@ ends in .yaml/.yml:
         "support_answer": {
           "sticky": "user",                        # user | session | none (default none: a fresh draw per call)
           "arms": [
+            {"name": "stable", "base_url": "http://127.0.0.1:4318/local/champion/v1", "model_version": "2",
+             "weight": 0.95},
+            {"name": "challenger", "base_url": "http://127.0.0.1:4318/local/challenger/v1", "model_version": "3",
+             "weight": 0.05},
             {"name": "teacher", "base_url": "https://api.openai.com/v1", "model": "gpt-4o-mini",
-             "api_key_env": "OPENAI_API_KEY", "weight": 90,
-             "price": {"prompt_per_1m": 0.15, "completion_per_1m": 0.6}},
-            {"name": "student", "base_url": "http://127.0.0.1:4318/local/v1", "model": "champion", "weight": 10}
-          ]
+             "api_key_env": "OPENAI_API_KEY", "weight": 0,
+             "price": {"prompt_per_1m": 0.15, "completion_per_1m": 0.6}}
+          ],
+          "shadow": {"arm": "challenger", "sample_rate": 0.1}  # optional, see below
         }
       }
     }
 
-`name` is what the interaction's `route` records; `model` (optional) replaces the request's model upstream;
-`api_key_env` names the environment variable holding the upstream key (the key itself never sits in this file,
-in captured records or in logs); weights are relative (they need not add up to 1; 0 turns an arm off);
-`price` (optional, USD per million tokens) fills `cost_usd`. Sticky routing hashes task + user (or session)
-id into [0, 1) and walks the cumulative weights: the same id keeps its arm while the weights stay the same.
+Per arm: `name` is what the interaction's `route` records; `model` (optional) replaces the request's model
+upstream; `model_version` (optional, the rollout writes it) is recorded as the interaction's `model_version`;
+without it the gateway takes the version from the answer's `model` when that reads `NAME@VERSION` (what the
+local model server answers with); `api_key_env` names the environment variable holding the upstream key (the
+key itself never sits in this file, in captured records or in logs); weights are relative (they need not add
+up to 1; 0 turns an arm off); `price` (optional, USD per million tokens) fills `cost_usd`. Sticky routing
+hashes task + user (or session) id into [0, 1) and walks the cumulative weights: the same id keeps its arm
+while the weights stay the same (across restarts too: the hash is not salted per process).
+
+Per task, `shadow` (optional): after the user's answer is produced, a `sample_rate` share of the task's
+requests is copied, in the background, to the arm named `arm` (any weight, 0 included; a request already
+served by that arm is not copied). Its answer never reaches the user; it lands as its own interaction with
+`route` = that arm and metadata `{"shadow": true, "shadow_of": <the served interaction id>}`, so the judges
+score both and the rollout compares them. Streaming requests are copied as non-streaming ones. Optional
+`timeout_s` (default 60) bounds a copy's time, `max_in_flight` (default 4) the copies under way at once; a copy
+beyond it is dropped and counted (GET /healthz, `gateway.shadow`).
+
 An invalid file keeps the last good one in force (logged once per change).
 """
 
@@ -56,6 +72,7 @@ class Arm:
     model: str | None = None
     api_key_env: str | None = None
     weight: float = 1.0
+    model_version: str | None = None
     prompt_per_1m: float | None = None
     completion_per_1m: float | None = None
 
@@ -83,10 +100,24 @@ class Arm:
 
 
 @dataclass(frozen=True)
+class Shadow:
+    """Copy a sampled share of the task's requests to `arm`, never serving its answer."""
+
+    arm: Arm
+    sample_rate: float
+    timeout_s: float = 60.0
+    max_in_flight: int = 4
+
+    def sampled(self) -> bool:
+        return random.random() < self.sample_rate
+
+
+@dataclass(frozen=True)
 class TaskArms:
     task: str
     arms: tuple[Arm, ...]
     sticky: str = "none"
+    shadow: Shadow | None = None
 
     def __post_init__(self) -> None:
         total = sum(a.weight for a in self.arms)
@@ -142,10 +173,15 @@ def parse(data: Any) -> ArmsConfig:
             if not isinstance(a, dict) or not a.get("name") or not a.get("base_url"):
                 raise ArmsError(f"task {task!r} arm {i}: needs \"name\" and \"base_url\"")
             price = a.get("price") or {}
+            version = a.get("model_version")
+            if version is not None and (isinstance(version, bool) or not isinstance(version, str | int)):
+                raise ArmsError(f"task {task!r} arm {a['name']!r}: model_version must be a string like \"2\", "
+                                f"got {version!r}")
             arms.append(Arm(
                 name=str(a["name"]), base_url=str(a["base_url"]), model=a.get("model"),
                 api_key_env=a.get("api_key_env"),
                 weight=_number(a.get("weight", 1), f"task {task!r} arm {a['name']!r} weight"),
+                model_version=None if version is None else str(version),
                 prompt_per_1m=None if price.get("prompt_per_1m") is None else
                 _number(price["prompt_per_1m"], "price.prompt_per_1m"),
                 completion_per_1m=None if price.get("completion_per_1m") is None else
@@ -153,11 +189,36 @@ def parse(data: Any) -> ArmsConfig:
             ))
         if not any(a.weight > 0 for a in arms):
             raise ArmsError(f"task {task!r}: every arm has weight 0")
-        tasks[str(task)] = TaskArms(str(task), tuple(arms), sticky)
+        names = [a.name for a in arms]
+        if len(set(names)) != len(names):
+            raise ArmsError(f"task {task!r}: arm names must differ (the interaction's route tells them apart), "
+                            f"got {names}")
+        tasks[str(task)] = TaskArms(str(task), tuple(arms), sticky, _shadow(task, spec.get("shadow"), arms))
     default = data.get("default_task")
     if default is not None and default not in tasks:
         raise ArmsError(f"default_task {default!r} is not one of the tasks")
     return ArmsConfig(tasks, default)
+
+
+def _shadow(task: str, spec: Any, arms: list[Arm]) -> Shadow | None:
+    if spec is None:
+        return None
+    where = f"task {task!r} shadow"
+    if not isinstance(spec, dict) or not spec.get("arm"):
+        raise ArmsError(f"{where}: must be an object like {{\"arm\": \"challenger\", \"sample_rate\": 0.1}}")
+    arm = next((a for a in arms if a.name == spec["arm"]), None)
+    if arm is None:
+        raise ArmsError(f"{where}: arm {spec['arm']!r} is not one of the task's arms ({', '.join(a.name for a in arms)})")
+    rate = _number(spec.get("sample_rate", 0), f"{where} sample_rate")
+    if rate > 1:
+        raise ArmsError(f"{where}: sample_rate is a share of requests in [0, 1], got {rate}")
+    timeout = _number(spec.get("timeout_s", 60.0), f"{where} timeout_s")
+    in_flight = spec.get("max_in_flight", 4)
+    if isinstance(in_flight, bool) or not isinstance(in_flight, int) or in_flight < 1:
+        raise ArmsError(f"{where}: max_in_flight must be an integer ≥ 1, got {in_flight!r}")
+    if timeout <= 0:
+        raise ArmsError(f"{where}: timeout_s must be > 0 seconds, got {timeout}")
+    return Shadow(arm, rate, timeout, in_flight)
 
 
 def load(path: Path) -> ArmsConfig:

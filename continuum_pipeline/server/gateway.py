@@ -9,6 +9,11 @@ Upstream errors are passed through with their status and body. The request path 
 JSON parse of the request, one dump of it with the arm's model, the upstream bytes forwarded untouched; parsing
 the answer for usage, text and tool calls happens on the writer thread.
 
+The interaction's `model_version` is the arm's `model_version`, else the version in the answer's model when it
+reads `NAME@VERSION` (the local model server's champion:/challenger: mounts answer so). A task's `shadow` setting
+copies a sampled share of its requests to another arm after the user's answer is produced (a background task,
+bounded in number and time, never touching the user's response): see server/arms.py.
+
 Optional request headers: `x-continuum-user` / `x-continuum-session` (else body `user` and
 `metadata.session_id`), `x-continuum-consent` (granted | denied | unknown).
 """
@@ -20,11 +25,14 @@ import json
 import logging
 import os
 import weakref
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from time import perf_counter_ns, time_ns
 from typing import Any
 
 import httpx
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -33,7 +41,7 @@ from continuum_pipeline.capture._decorator import new_id
 from continuum_pipeline.capture.record import CONSENTS, ERROR_MESSAGE_BUILT_CHARS, interaction_record
 from continuum_pipeline.capture.writer import RECORD_BYTES, WRITER
 from continuum_pipeline.server import auth
-from continuum_pipeline.server.arms import Arm, ArmsState
+from continuum_pipeline.server.arms import Arm, ArmsState, Shadow
 from continuum_pipeline.server.body import BadRequest, read_body
 from continuum_pipeline.settings import Settings
 
@@ -41,6 +49,7 @@ log = logging.getLogger("continuum.gateway")
 
 ID_HEADER = "x-continuum-interaction-id"
 ROUTE_HEADER = "x-continuum-route"
+SHADOW_HEADER = "x-continuum-shadow"  # sent on shadow copies: the local model server serves real users first
 STREAM_KEEP_BYTES = 1 << 20  # how much of a streamed answer the record keeps (the client gets all of it)
 _META_KEYS = ("continuum_task", "task", "session_id", "user_id", "consent")
 # Response headers not copied from the upstream: hop-by-hop ones and those the server sets itself.
@@ -73,6 +82,27 @@ class UpstreamHTTPError(Exception):
 
 class ClientGone(Exception):
     """The client went away before the streamed answer ended."""
+
+
+class ShadowTimeout(Exception):
+    """The shadow arm did not answer within the shadow's timeout_s."""
+
+
+@dataclass(frozen=True)
+class _ShadowCopy:
+    """What a shadow copy of one served request needs, taken on the request path (no work done there)."""
+
+    shadow: Shadow
+    body: dict[str, Any]  # the request as sent upstream; the copy swaps model and drops streaming
+    requested_model: Any
+    served_id: str
+    served_stream: bool
+    task: str
+    sticky: str
+    messages: Any
+    ctx: dict[str, Any]
+    consent: str | None
+    size: int
 
 
 class _HttpxUpstream:
@@ -203,6 +233,11 @@ def _build(spec: _Spec, iid: str, wall: int, elapsed: int, messages: Any, answer
         finish = choices[0].get("finish_reason") if choices and isinstance(choices[0], dict) else None
         if finish:
             ann["finish_reason"] = finish
+        served = result.get("model")
+        if spec.model_version is None and isinstance(served, str) and "@" in served:
+            name, _, version = served.rpartition("@")  # NAME@VERSION: the version that actually answered
+            if name and version:
+                ann["model_version"] = version
     record = interaction_record(interaction_id=iid, wall_ns=wall, elapsed_ns=elapsed, spec=spec, args=(),
                                 kwargs={"messages": messages}, result=result, error=error, context=ctx,
                                 annotations=ann)
@@ -216,6 +251,8 @@ class Gateway:
         self.arms = ArmsState(settings.gateway_arms)
         self._client: Any = None
         self._loop: Any = None
+        self._shadows: set[asyncio.Task] = set()  # copies under way (a reference keeps each task alive)
+        self.shadow_counts: Counter[str] = Counter()
 
     def upstream(self) -> Any:
         """One pooled upstream client per event loop (an app served once has one loop: one client)."""
@@ -226,7 +263,11 @@ class Gateway:
         return self._client
 
     async def aclose(self) -> None:
-        """Close the upstream pool (the app's lifespan calls this at shutdown)."""
+        """Cancel the shadow copies under way, close the upstream pool (the app's lifespan calls this at shutdown)."""
+        shadows = [t for t in self._shadows if not t.done()]
+        for t in shadows:
+            t.cancel()
+        await asyncio.gather(*shadows, return_exceptions=True)
         client, self._client = self._client, None
         if client is not None and self._loop is asyncio.get_running_loop():
             await client.aclose()
@@ -317,8 +358,12 @@ class Gateway:
         ctx = {"user_id": None if user_id is None else str(user_id),
                "session_id": None if session_id is None else str(session_id)}
         spec = _Spec(task.task, arm.model or (requested_model if isinstance(requested_model, str) else None),
-                     arm.name, consent, None)
+                     arm.name, consent, None, arm.model_version)
         size = RECORD_BYTES + len(raw)
+        shadow = task.shadow
+        copy = _ShadowCopy(shadow, body, requested_model, iid, stream, task.task, task.sticky, messages, ctx,
+                           consent, size) if shadow is not None and shadow.arm.name != arm.name and \
+            shadow.sample_rate > 0 and shadow.sampled() else None
         wall = time_ns()
         t0 = perf_counter_ns()
         up = self.upstream()
@@ -330,7 +375,8 @@ class Gateway:
             WRITER.submit(_build, (spec, iid, wall, elapsed, messages, None, stream, exc, ctx, ann, arm), size)
             log.warning("gateway: upstream %s for task %s unreachable: %s", arm.name, task.task, type(exc).__name__)
             return _error(502, f"upstream arm {arm.name!r} could not be reached ({type(exc).__name__})",
-                          "upstream_error", headers={ID_HEADER: iid, ROUTE_HEADER: arm.name})
+                          "upstream_error", headers={ID_HEADER: iid, ROUTE_HEADER: arm.name},
+                          background=self._after(copy))
         ann["metadata"]["gateway"]["upstream_status"] = status
         passed = {k: v for k, v in up_headers if k.lower() not in _DROP}
         passed[ID_HEADER] = iid
@@ -344,7 +390,8 @@ class Gateway:
                 elapsed = perf_counter_ns() - t0
                 WRITER.submit(_build, (spec, iid, wall, elapsed, messages, None, stream, exc, ctx, ann, arm), size)
                 return _error(502, f"upstream arm {arm.name!r} broke off its answer ({type(exc).__name__})",
-                              "upstream_error", headers={ID_HEADER: iid, ROUTE_HEADER: arm.name})
+                              "upstream_error", headers={ID_HEADER: iid, ROUTE_HEADER: arm.name},
+                              background=self._after(copy))
             finally:
                 await up.close(upstream)
             elapsed = perf_counter_ns() - t0
@@ -355,7 +402,7 @@ class Gateway:
                 error = UpstreamHTTPError(f"HTTP {status}: {body}")
             WRITER.submit(_build, (spec, iid, wall, elapsed, messages, answer, False, error, ctx, ann, arm),
                           size + len(answer))
-            return Response(answer, status_code=status, headers=passed)
+            return Response(answer, status_code=status, headers=passed, background=self._after(copy))
 
         async def relay():
             kept: list[bytes] = []
@@ -379,12 +426,102 @@ class Gateway:
                 answer = b"".join(kept)
                 WRITER.submit(_build, (spec, iid, wall, elapsed, messages, answer, True, error, ctx, ann, arm),
                               size + len(answer))
+                if copy is not None:  # the stream has ended (or the client left): the user's answer is done
+                    self._spawn_shadow(copy)
                 await up.close(upstream)
 
         return StreamingResponse(relay(), status_code=status, headers=passed, media_type="text/event-stream")
 
 
+    def _after(self, copy: _ShadowCopy | None) -> BackgroundTask | None:
+        """Starlette runs this after the response's last byte is sent: only then does the copy start."""
+        return None if copy is None else BackgroundTask(self._spawn_shadow_async, copy)
+
+    async def _spawn_shadow_async(self, copy: _ShadowCopy) -> None:
+        self._spawn_shadow(copy)  # async so that Starlette calls it on the loop, not in its thread pool
+
+    def _spawn_shadow(self, copy: _ShadowCopy) -> None:
+        """Start the copy in the background, or drop it (counted) when max_in_flight copies are under way."""
+        self.shadow_counts["sampled"] += 1
+        if len(self._shadows) >= copy.shadow.max_in_flight:
+            self.shadow_counts["dropped_busy"] += 1
+            return
+        self.shadow_counts["sent"] += 1
+        task = asyncio.get_running_loop().create_task(self._shadow(copy))
+        self._shadows.add(task)
+        task.add_done_callback(self._shadow_done)
+
+    def _shadow_done(self, task: asyncio.Task) -> None:
+        self._shadows.discard(task)
+        if task.cancelled():
+            self.shadow_counts["cancelled"] += 1
+        elif (exc := task.exception()) is not None:  # a bug, not an upstream failure: say so, once per copy
+            self.shadow_counts["failed"] += 1
+            log.error("gateway: shadow copy failed: %r", exc)
+
+    async def _shadow(self, copy: _ShadowCopy) -> None:
+        """Send the copy to the shadow arm (non-streaming), record its answer as its own interaction."""
+        arm = copy.shadow.arm
+        body = dict(copy.body)
+        body.pop("stream", None)
+        body.pop("stream_options", None)
+        requested = copy.requested_model if isinstance(copy.requested_model, str) else None
+        model = arm.model or requested
+        if model:
+            body["model"] = model
+        else:
+            body.pop("model", None)
+        headers = {"content-type": "application/json", "accept": "application/json", SHADOW_HEADER: "1"}
+        if key := arm.api_key():
+            headers["authorization"] = f"Bearer {key}"
+        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        iid = new_id()
+        gateway = {"arm": arm.name, "upstream": arm.public_url, "requested_model": copy.requested_model,
+                   "stream": False, "sticky": copy.sticky, "served_stream": copy.served_stream}
+        ann: dict[str, Any] = {"route": arm.name, "metadata": {"shadow": True, "shadow_of": copy.served_id,
+                                                               "gateway": gateway}}
+        spec = _Spec(copy.task, model, arm.name, copy.consent, None, arm.model_version)
+        answer: bytes | None = None
+        error: BaseException | None = None
+        wall = time_ns()
+        t0 = perf_counter_ns()
+        up = self.upstream()
+        response = None
+        try:
+            async with asyncio.timeout(copy.shadow.timeout_s):
+                status, _, response = await up.post(arm.chat_url, payload, headers)
+                gateway["upstream_status"] = status
+                answer = await up.read(response)
+            if status >= 400:
+                error = UpstreamHTTPError(f"HTTP {status}: "
+                                          f"{answer[:ERROR_MESSAGE_BUILT_CHARS].decode('utf-8', 'replace')}")
+        except TimeoutError:  # asyncio.timeout's, or the client's own
+            error = ShadowTimeout(f"the shadow arm {arm.name!r} did not answer within {copy.shadow.timeout_s:g} s")
+        except up.errors as exc:
+            error = exc
+            gateway["upstream_error"] = type(exc).__name__
+        finally:
+            if response is not None:
+                await up.close(response)
+        elapsed = perf_counter_ns() - t0
+        self.shadow_counts["timed_out" if isinstance(error, ShadowTimeout) else
+                           "answered" if error is None else "failed"] += 1
+        WRITER.submit(_build, (spec, iid, wall, elapsed, copy.messages, answer, False, error, copy.ctx, ann, arm),
+                      copy.size + len(answer or b""))
+
+    def stats(self) -> dict[str, int]:
+        return {**self.shadow_counts, "in_flight": len(self._shadows)}
+
+
 _GATEWAYS: weakref.WeakSet[Gateway] = weakref.WeakSet()
+
+
+def stats() -> dict[str, Any]:
+    """Shadow copies per outcome, summed over this process's gateways (for /healthz)."""
+    total: Counter[str] = Counter()
+    for gateway in list(_GATEWAYS):
+        total.update(gateway.stats())
+    return {"shadow": dict(total)}
 
 
 async def aclose() -> None:
@@ -393,13 +530,15 @@ async def aclose() -> None:
         await gateway.aclose()
 
 
-def routes(settings: Settings, model_dir: str | None = None) -> list[Route]:
+def routes(settings: Settings, model_dir: str | Sequence[str] | None = None,
+           threads: int | None = None) -> list[Route]:
     gateway = Gateway(settings)
     _GATEWAYS.add(gateway)
     out = [Route("/v1/chat/completions", gateway.chat, methods=["POST"]),
            Route("/v1/models", gateway.models, methods=["GET"])]
-    if model_dir:
+    specs = [model_dir] if isinstance(model_dir, str) else list(model_dir or ())
+    if specs:
         from continuum_pipeline.server import local_model
 
-        out += local_model.routes(settings, model_dir)
+        out += local_model.routes(settings, specs, threads)
     return out
