@@ -53,7 +53,7 @@ def arm_rows(lake, task: TaskConfig, since: datetime, versions: Mapping[str, str
         params: list = [since]
         for arm, version in (versions or {}).items():
             params += [arm, str(version)]
-        table = con.execute(f"""
+        table = con.sql(f"""
             with i as (
                 select * from interactions as i
                 where {task.selection_sql('i')} and i.route in ('{STABLE}', '{CHALLENGER}') and i.ts >= ?
@@ -66,7 +66,7 @@ def arm_rows(lake, task: TaskConfig, since: datetime, versions: Mapping[str, str
                 coalesce(try_cast(json_extract_string(i.metadata, '$.shadow') as boolean), false) as shadow
             from i left join rewards as r using (interaction_id)
             order by i.ts, i.interaction_id
-        """, params).arrow()
+        """, params=params).to_arrow_table()
         return table if table.num_rows else empty
     finally:
         con.close()

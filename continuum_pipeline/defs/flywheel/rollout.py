@@ -70,7 +70,7 @@ def rollout_asset(task: TaskConfig) -> dg.AssetsDefinition:
     def _rollout(context: dg.AssetExecutionContext, config: RolloutConfig, lake: LakeResource,
                  mlflow: MLflowResource) -> dg.MaterializeResult:
         from continuum_pipeline.registry import models
-        from continuum_pipeline.rollout import decide, log
+        from continuum_pipeline.rollout import decide, log, step_setting
         from continuum_pipeline.rollout.arms_file import write_weights
         from continuum_pipeline.rollout.observe import arm_rows, observe
         from continuum_pipeline.rollout.plot import rollout_png
@@ -124,7 +124,7 @@ def rollout_asset(task: TaskConfig) -> dg.AssetsDefinition:
             if current is not None:
                 fail(f"v{challenger.version} already had a rollout ({current.phase}); a rolled-back version is not "
                      "rolled out again: register a new one")
-            weight, rate = decide.step_setting(spec, 0)
+            weight, rate = step_setting(spec, 0)
             new = {"version": challenger.version, "stable_version": champion.version, "look": 0, "action": "start",
                    "reason": config.reason or f"challenger v{challenger.version} registered: "
                                               f"{spec.strategy} rollout against champion v{champion.version}",
@@ -149,7 +149,7 @@ def rollout_asset(task: TaskConfig) -> dg.AssetsDefinition:
                 data_rows = arm_rows(the_lake, task, target.started_at,
                                      {"stable": target.stable_version, "challenger": target.version})
                 observed = observe(data_rows, list(spec.metrics), target.step_started_at)
-                decision = decide.decide(spec, step_index=target.step_index, stable=observed.stable,
+                decision = decide(spec, step_index=target.step_index, stable=observed.stable,
                                          challenger=observed.challenger, state=target.state_json or None,
                                          minutes_at_step=(now - target.step_started_at).total_seconds() / 60)
                 stepped = decision.step_index != target.step_index

@@ -1,0 +1,166 @@
+"""The rollout end to end on a real Dagster instance, lake, MLflow registry and arms file: the canary sensor (through
+the sensor daemon's own tick function) starts a rollout when a challenger is registered and requests a decision
+run per look; traffic lands as the gateway records it (route = arm, model_version), is judged and rewarded by the
+task's SQL models; a degraded challenger is rolled back at its first step, a good one ramps to 100% and is
+promoted (the old champion kept as `previous`); `continuum rollout` acts through the same job."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import pytest
+
+from continuum_pipeline import runs
+from continuum_pipeline.lake.ingest import ingest_landing
+from continuum_pipeline.registry import models
+from continuum_pipeline.rollout import log
+from continuum_pipeline.server import arms
+
+from .conftest import interaction, label_task, run_task_sql, task_config, write_segment
+from .test_forget import _register
+
+JUDGES = [{"name": "quality", "kind": "python", "function": "continuum_pipeline_tests.test_rollout_flow:quality"}]
+ROLLOUT = {"steps": [0.25, 0.5, 1.0], "min_interactions_per_step": 20, "min_minutes_per_step": 0,
+           "metrics": {"reward": {"kind": "mean", "max_change": 0.05}}}
+TASK = task_config(judges=JUDGES, rollout=ROLLOUT)
+SENSOR = f"{TASK.name}_canary_sensor"
+JOB = f"{TASK.name}_rollout_job"
+
+
+def quality(item):
+    """The task's judge: the interaction's metadata carries how good the answer was."""
+    return float(item.metadata["quality"]), ""
+
+
+@pytest.fixture
+def world(settings, lake, monkeypatch, tmp_path):
+    """The task in the code location (CONTINUUM_TASKS), v1 champion and v2 challenger, the home's instance."""
+    task_dir = tmp_path / "task"
+    task_dir.mkdir()
+    (task_dir / "defs.yaml").write_text(json.dumps(TASK.model_dump(mode="json", exclude={"source_dir"})))
+    monkeypatch.setenv("CONTINUUM_TASKS", str(task_dir))
+    name = TASK.registered_model_name
+    v1 = _register(settings.mlflow_uri, name, {"task": TASK.name}, champion=True)
+    v2 = _register(settings.mlflow_uri, name, {"task": TASK.name})
+    models.client(settings.mlflow_uri).set_registered_model_alias(name, models.CHALLENGER, v2)
+    with dg.DagsterInstance.get() as instance:
+        yield {"settings": settings, "lake": lake, "instance": instance, "v1": v1, "v2": v2, "next": [0]}
+
+
+def weights(settings) -> dict[str, float]:
+    task_arms = arms.load(settings.gateway_arms).tasks[TASK.name]
+    return {a.name: a.weight for a in task_arms.arms}
+
+
+def serve(world, total: int, quality_of: dict[str, float]):
+    """`total` interactions routed as the gateway would by the arms file's weights now (deterministically split),
+    landed, ingested, judged and rewarded (the labels and SQL models automation would refresh)."""
+    settings, lake = world["settings"], world["lake"]
+    entry = {a["name"]: a for a in json.loads(settings.gateway_arms.read_text())["tasks"][TASK.name]["arms"]}
+    share = entry["challenger"]["weight"] / (entry["challenger"]["weight"] + entry["stable"]["weight"])
+    n_challenger = round(total * share)
+    now = datetime.now(UTC)
+    recs = []
+    for k in range(total):
+        i = world["next"][0] = world["next"][0] + 1
+        arm = "challenger" if k < n_challenger else "stable"
+        q = quality_of[arm] + (0.05 if k % 2 else -0.05)  # a spread, so the variance is not zero
+        recs.append(interaction(i, ts=(now + timedelta(milliseconds=k)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                                route=arm, model="champion", model_version=entry[arm]["model_version"],
+                                latency_ms=100.0, metadata=json.dumps({"quality": q})))
+    write_segment(settings.landing_dir, f"{now:%Y%m%dT%H%M%S%f}Z-rollout", recs)
+    ingest_landing(lake, settings.landing_dir)
+    label_task(lake, TASK, [spec.build() for spec in TASK.judges])
+    run_task_sql(lake, TASK)
+    return n_challenger
+
+
+def tick(world) -> runs.Tick:
+    """One canary sensor tick; the run it requested (if any) executed as the queue daemon would."""
+    instance = world["instance"]
+    (result,) = runs.tick_sensors(instance, [SENSOR], due=True)
+    assert result.status in ("SUCCESS", "SKIPPED"), result
+    if result.run_ids:
+        done = runs.execute_queued(instance, result.run_ids, wait_seconds=30)
+        for outcome in done.values():
+            assert outcome.success
+    return result
+
+
+def last_row(world) -> dict:
+    return log.read(world["lake"], TASK)[-1]
+
+
+def materialization(world, run_id: str) -> dict:
+    (event,) = [e for e in world["instance"].all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+                if e.asset_materialization.asset_key == dg.AssetKey([TASK.name, "rollout"])]
+    return event.asset_materialization.metadata
+
+
+def test_a_degraded_challenger_is_rolled_back_at_its_first_step(world):
+    settings, v1, v2 = world["settings"], world["v1"], world["v2"]
+    started = tick(world)
+    assert started.status == "SUCCESS" and len(started.run_ids) == 1
+    run = world["instance"].get_run_by_id(started.run_ids[0])
+    assert run.job_name == JOB and run.tags["dagster/run_key"] == f"{TASK.name}:rollout:v{v2}:start"
+    assert weights(settings) == {"stable": 0.75, "challenger": 0.25}
+    entry = json.loads(settings.gateway_arms.read_text())["tasks"][TASK.name]
+    assert [(a["name"], a["model_version"], a["base_url"]) for a in entry["arms"]] == [
+        ("stable", v1, "http://127.0.0.1:4318/local/champion/v1"),
+        ("challenger", v2, "http://127.0.0.1:4318/local/challenger/v1")]
+    assert last_row(world)["action"] == "start"
+    again = tick(world)  # no traffic yet: nothing to look at
+    assert again.status == "SKIPPED" and "0 new challenger interactions" in again.reason
+
+    n = serve(world, 80, {"stable": 0.9, "challenger": 0.5})
+    assert n == 20
+    looked = tick(world)
+    assert looked.status == "SUCCESS"
+    assert world["instance"].get_run_by_id(looked.run_ids[0]).tags["dagster/run_key"] == \
+        f"{TASK.name}:rollout:v{v2}:look1"
+    row = last_row(world)
+    assert row["action"] == "rollback" and row["n_challenger"] == 20 and row["n_stable"] == 60, row
+    assert row["reward_challenger"] == pytest.approx(0.5) and row["reward_stable"] == pytest.approx(0.9)
+    assert "reward" in row["reason"] and "worse than the allowed 0.05" in row["reason"]
+    assert weights(settings) == {"stable": 1.0, "challenger": 0.0}  # all traffic back to stable, before 25% grew
+    meta = materialization(world, looked.run_ids[0])
+    assert meta["action"].value == "rollback" and meta["decision"].value.startswith("**rollback**")
+    assert meta["statistics"].value["reward"]["verdict"] == "worse"
+    assert meta["statistics"].value["reward"]["p_worse"] <= 0.05
+    assert meta["plot"].value.startswith("![rollout](data:image/png;base64,")
+    # the registry is untouched: v1 serves, v2 keeps alias challenger, and it is never rolled out again
+    assert models.champion(settings.mlflow_uri, TASK.registered_model_name).version == v1
+    assert models.by_alias(settings.mlflow_uri, TASK.registered_model_name, models.CHALLENGER).version == v2
+    serve(world, 80, {"stable": 0.9, "challenger": 0.5})
+    after = tick(world)
+    assert after.status == "SKIPPED" and f"the rollout of v{v2} is rolled_back" in after.reason
+    assert weights(settings) == {"stable": 1.0, "challenger": 0.0}
+
+
+def test_a_good_challenger_ramps_step_by_step_and_is_promoted(world):
+    settings, v1, v2 = world["settings"], world["v1"], world["v2"]
+    tick(world)
+    seen = [weights(settings)["challenger"]]
+    actions = []
+    for _ in range(12):
+        serve(world, 80, {"stable": 0.9, "challenger": 0.9})
+        result = tick(world)
+        assert result.status == "SUCCESS", result
+        actions.append(last_row(world)["action"])
+        seen.append(weights(settings)["challenger"])
+        if actions[-1] == "promote":
+            break
+    assert actions[-1] == "promote" and "rollback" not in actions, actions
+    assert [w for k, w in enumerate(seen) if k == 0 or w != seen[k - 1]] == [0.25, 0.5, 1.0], seen
+    champion = models.champion(settings.mlflow_uri, TASK.registered_model_name)
+    assert champion.version == v2
+    assert models.by_alias(settings.mlflow_uri, TASK.registered_model_name, models.PREVIOUS).version == v1
+    assert weights(settings) == {"stable": 0.0, "challenger": 1.0}
+    # the promotion is recorded on the champion asset in the decision's run
+    event = world["instance"].get_latest_materialization_event(dg.AssetKey([TASK.name, "champion"]))
+    assert event.asset_materialization.metadata["version"].value == v2
+    assert event.asset_materialization.metadata["previous"].value == v1
+    done = tick(world)
+    assert done.status == "SKIPPED" and "no challenger waiting" in done.reason
