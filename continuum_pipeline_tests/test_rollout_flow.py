@@ -164,3 +164,54 @@ def test_a_good_challenger_ramps_step_by_step_and_is_promoted(world):
     assert event.asset_materialization.metadata["previous"].value == v1
     done = tick(world)
     assert done.status == "SKIPPED" and "no challenger waiting" in done.reason
+
+
+def rollout_command(*argv: str) -> int:
+    """`continuum rollout …` as cli.main would dispatch it (the parser lines the CLI adds)."""
+    import argparse
+
+    from continuum_pipeline.rollout.cli import add_parser
+
+    parser = argparse.ArgumentParser(prog="continuum")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["rollout", *argv])
+    return args.fn(args)
+
+
+def test_a_person_pauses_resumes_promotes_and_rolls_back_through_the_rollout_job(world, capsys):
+    settings, v1, v2 = world["settings"], world["v1"], world["v2"]
+    assert rollout_command("status", TASK.name) == 0
+    assert "no rollout yet" in capsys.readouterr().out
+    tick(world)
+    serve(world, 8, {"stable": 0.9, "challenger": 0.9})
+
+    assert rollout_command("pause", TASK.name, "--reason", "holding for the release freeze") == 0
+    out = capsys.readouterr().out
+    assert "paused" in out and "holding for the release freeze" in out and "stable" in out
+    paused = tick(world)
+    assert paused.status == "SKIPPED" and f"the rollout of v{v2} is paused" in paused.reason
+    assert weights(settings) == {"stable": 0.75, "challenger": 0.25}  # a pause holds the weights
+    assert rollout_command("resume", TASK.name) == 0
+    assert log.current(log.read(world["lake"], TASK), v2).active
+
+    assert rollout_command("promote", TASK.name) == 0  # by hand, at 25%
+    assert models.champion(settings.mlflow_uri, TASK.registered_model_name).version == v2
+    assert weights(settings) == {"stable": 0.0, "challenger": 1.0}
+    out = capsys.readouterr().out
+    assert "promoted by hand at 25%" in out and f"champion=v{v2}" in out
+
+    # blue-green switch-back: v1 is champion again and takes all traffic on the stable arm
+    assert rollout_command("rollback", TASK.name) == 0
+    assert models.champion(settings.mlflow_uri, TASK.registered_model_name).version == v1
+    assert weights(settings) == {"stable": 1.0, "challenger": 0.0}
+    entry = json.loads(settings.gateway_arms.read_text())["tasks"][TASK.name]
+    assert entry["arms"][0]["model_version"] == v1
+    assert tick(world).status == "SKIPPED"  # v2 is the challenger again, but its rollout is over
+
+    assert rollout_command("pause", TASK.name) == 1  # nothing active: the run fails and says why
+    assert f"the rollout of v{v2} is rolled_back: only an active one pauses" in capsys.readouterr().out
+    job_runs = world["instance"].get_runs(dg.RunsFilter(job_name=JOB))
+    by_action = sorted(r.tags.get("continuum/rollout_action", "sensor") for r in job_runs)
+    assert by_action == ["pause", "pause", "promote", "resume", "rollback", "sensor"]
+    assert [r["action"] for r in log.read(world["lake"], TASK)] == ["start", "pause", "resume", "promote",
+                                                                     "rollback"]
