@@ -177,6 +177,12 @@ def show_lake(settings: Settings) -> None:
             print_table(["day", "model", "version", "interactions", "mean reward", "neg. feedback rate"],
                         [[r["day"], r["model"], r["model_version"], r["interactions"], r["mean_reward"],
                           r["negative_feedback_rate"]] for r in qd[-10:]])
+        if lake.table_exists(task.table("drift_daily")):
+            dd = sorted(lake.read_arrow(task.table("drift_daily")).to_pylist(), key=lambda r: r["day"])
+            print(f"\n{task.name}/drift_daily (the latest day's user turns vs the champion's training data):")
+            print_table(["day", "champion", "slice PSI", "centroid dist.", "n today", "n trained", "fired"],
+                        [[r["day"], r["champion_version"], r["psi"], r["centroid_distance"], r["n_today"],
+                          r["n_trained"], r["fired"]] for r in dd[-10:]])
 
 
 UI_GRACE_SECONDS = 6.0  # after SIGTERM/SIGINT, how long `dg dev` gets to stop its services before the group is killed
