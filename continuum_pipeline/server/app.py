@@ -20,13 +20,6 @@ from starlette.routing import Route
 from continuum_pipeline.settings import Settings
 
 
-async def healthz(request: Request) -> JSONResponse:
-    from continuum_pipeline.capture.writer import WRITER
-    from continuum_pipeline.server import gateway
-
-    return JSONResponse({"status": "ok", "capture": WRITER.stats(), "gateway": gateway.stats()})
-
-
 def create_app(settings: Settings, model_dir: str | Sequence[str] | None = None,
                threads: int | None = None) -> Starlette:
     """`model_dir`: one or more local models to serve as upstream arms (see server/local_model.py); `threads`:
@@ -37,10 +30,15 @@ def create_app(settings: Settings, model_dir: str | Sequence[str] | None = None,
 
     redactors = task_redactors(settings.tasks)
     redactors.refresh()
+    gw = gateway.Gateway(settings)
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "capture": WRITER.stats(), "gateway": gw.stats()})
+
     routes = [Route("/healthz", healthz, methods=["GET"])]
     routes += otlp.routes(settings)
     routes += langfuse.routes(settings)
-    routes += gateway.routes(settings, model_dir, threads)
+    routes += gateway.routes(settings, model_dir, threads, gw)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):

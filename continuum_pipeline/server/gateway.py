@@ -509,19 +509,13 @@ class Gateway:
         WRITER.submit(_build, (spec, iid, wall, elapsed, copy.messages, answer, False, error, copy.ctx, ann, arm),
                       copy.size + len(answer or b""))
 
-    def stats(self) -> dict[str, int]:
-        return {**self.shadow_counts, "in_flight": len(self._shadows)}
+    def stats(self) -> dict[str, Any]:
+        """Shadow copies per outcome (for /healthz): sampled = sent + dropped_busy; sent ends as answered,
+        failed, timed_out or cancelled (at shutdown)."""
+        return {"shadow": {**self.shadow_counts, "in_flight": len(self._shadows)}}
 
 
 _GATEWAYS: weakref.WeakSet[Gateway] = weakref.WeakSet()
-
-
-def stats() -> dict[str, Any]:
-    """Shadow copies per outcome, summed over this process's gateways (for /healthz)."""
-    total: Counter[str] = Counter()
-    for gateway in list(_GATEWAYS):
-        total.update(gateway.stats())
-    return {"shadow": dict(total)}
 
 
 async def aclose() -> None:
@@ -530,9 +524,9 @@ async def aclose() -> None:
         await gateway.aclose()
 
 
-def routes(settings: Settings, model_dir: str | Sequence[str] | None = None,
-           threads: int | None = None) -> list[Route]:
-    gateway = Gateway(settings)
+def routes(settings: Settings, model_dir: str | Sequence[str] | None = None, threads: int | None = None,
+           gateway: Gateway | None = None) -> list[Route]:
+    gateway = gateway or Gateway(settings)
     _GATEWAYS.add(gateway)
     out = [Route("/v1/chat/completions", gateway.chat, methods=["POST"]),
            Route("/v1/models", gateway.models, methods=["GET"])]
