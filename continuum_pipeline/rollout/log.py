@@ -19,26 +19,30 @@ from continuum_pipeline.lake.schemas import TS, TableLayout
 from continuum_pipeline.task.config import TaskConfig
 
 ENDED = ("rollback", "promote")
-ROLLOUT_LOG = pa.schema([
-    pa.field("version", pa.string()),  # the challenger's model version
-    pa.field("stable_version", pa.string()),  # the champion's, when the rollout began
-    pa.field("look", pa.int64()),  # 0 for the start; then 1, 2, … per decision
-    pa.field("action", pa.string()),
-    pa.field("reason", pa.string()),
-    pa.field("step_index", pa.int32()),  # after this decision (index into the policy's plan)
-    pa.field("challenger_weight", pa.float64()),  # the challenger's traffic share from now on
-    pa.field("shadow_sample_rate", pa.float64()),
-    pa.field("state_json", pa.string()),  # the mSPRT state the next look continues from
-    pa.field("started_at", TS),  # when the rollout began: the rows it counts start here
-    pa.field("step_started_at", TS),  # when the current step began
-    pa.field("decided_at", TS),
-    pa.field("n_stable", pa.int64()),
-    pa.field("n_challenger", pa.int64()),
-    pa.field("reward_stable", pa.float64()),
-    pa.field("reward_challenger", pa.float64()),
-    pa.field("by", pa.string()),  # sensor | a person (the CLI)
-    pa.field("run_id", pa.string()),
-])
+# column → what it holds (the asset's column schema shows these)
+COLUMNS = {
+    "version": ("string", "the challenger's model version"),
+    "stable_version": ("string", "the champion's model version the challenger is compared with"),
+    "look": ("int64", "0 for the start; 1, 2, … per decision after it"),
+    "action": ("string", "start | hold | advance | rollback | promote | pause | resume"),
+    "reason": ("string", "why, in one sentence (decide's reason, or a person's)"),
+    "step_index": ("int32", "the step after this decision (index into the policy's plan)"),
+    "challenger_weight": ("float64", "the challenger's traffic share from this decision on"),
+    "shadow_sample_rate": ("float64", "share of requests copied to the challenger (0: no shadow)"),
+    "state_json": ("string", "the always-valid tests' state the next look continues from"),
+    "started_at": ("timestamp", "when the rollout began: the interactions it compares start here (UTC)"),
+    "step_started_at": ("timestamp", "when the current step began (UTC)"),
+    "decided_at": ("timestamp", "when this row was written (UTC)"),
+    "n_stable": ("int64", "stable-arm interactions since the rollout began, at this decision"),
+    "n_challenger": ("int64", "challenger interactions (shadow copies included) since the rollout began"),
+    "reward_stable": ("float64", "the stable arm's mean reward over its judged interactions"),
+    "reward_challenger": ("float64", "the challenger's mean reward over its judged interactions"),
+    "by": ("string", "sensor, or person:<user> for an intervention"),
+    "run_id": ("string", "the Dagster run that decided"),
+}
+_TYPES = {"string": pa.string(), "int64": pa.int64(), "int32": pa.int32(), "float64": pa.float64(), "timestamp": TS}
+ROLLOUT_LOG = pa.schema([pa.field(name, _TYPES[kind]) for name, (kind, _) in COLUMNS.items()])
+COLUMN_DOCS = {name: doc for name, (_, doc) in COLUMNS.items()}
 
 
 def layout(task: TaskConfig) -> TableLayout:

@@ -19,7 +19,7 @@ from typing import Literal
 import dagster as dg
 
 from continuum_pipeline.defs.flywheel.keys import group, job_name, key
-from continuum_pipeline.defs.metadata import markdown_table, png_markdown
+from continuum_pipeline.defs.metadata import column_schema, markdown_table, png_markdown
 from continuum_pipeline.defs.resources import LakeResource, MLflowResource
 from continuum_pipeline.task.config import TaskConfig
 
@@ -60,7 +60,11 @@ def _history(rows: list[dict]) -> str:
 
 
 def rollout_asset(task: TaskConfig) -> dg.AssetsDefinition:
+    from continuum_pipeline.rollout.log import COLUMN_DOCS, ROLLOUT_LOG
+
     @dg.asset(key=key(task, "rollout"), group_name=group(task, "rollout"), kinds={"iceberg"},
+              metadata={"table": task.table("rollout_log"),
+                        "dagster/column_schema": column_schema(ROLLOUT_LOG, COLUMN_DOCS)},
               deps=[key(task, "registered_model"), key(task, "interaction_rewards")],
               description=f"The challenger of `{task.registered_model_name}` reaching production "
                           f"({task.rollout.strategy}, challenger share per step {task.rollout.plan()}): one "
