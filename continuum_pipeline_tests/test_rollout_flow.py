@@ -215,3 +215,51 @@ def test_a_person_pauses_resumes_promotes_and_rolls_back_through_the_rollout_job
     assert by_action == ["pause", "pause", "promote", "resume", "rollback", "sensor"]
     assert [r["action"] for r in log.read(world["lake"], TASK)] == ["start", "pause", "resume", "promote",
                                                                      "rollback"]
+
+
+def test_blue_green_starts_with_a_shadow_pass_and_a_failed_look_is_retried_then_left(world):
+    """blue_green's first step serves the challenger to nobody: weight 0 and a shadow copy of a sample of requests
+    (the arms file's `shadow`). A decision that fails (here: no latency recorded while a latency guard is on) is
+    requested again under a new run key, at most twice, then the sensor says why it stopped."""
+    from continuum_pipeline.defs.flywheel import rollout
+    from continuum_pipeline.defs.resources import resources_from_settings
+
+    settings, v2 = world["settings"], world["v2"]
+    green = task_config(judges=JUDGES, rollout={"strategy": "blue_green", "min_interactions_per_step": 4,
+                                                "min_minutes_per_step": 0, "shadow": {"sample_rate": 0.2},
+                                                "hard_guards": {"min_interactions": 1}})
+    resources = resources_from_settings(settings)
+    asset, job, sensor = rollout.definitions(green)
+    instance = world["instance"]
+    result = dg.materialize([asset], instance=instance, resources=resources,
+                            run_config=rollout.run_config(green, "start"))
+    assert result.success
+    entry = json.loads(settings.gateway_arms.read_text())["tasks"][green.name]
+    assert [a["weight"] for a in entry["arms"]] == [1.0, 0.0]
+    assert entry["shadow"] == {"arm": "challenger", "sample_rate": 0.2}
+    assert arms.load(settings.gateway_arms).tasks[green.name].pick().name == "stable"  # nobody sees the challenger
+
+    # shadow copies land without latency: the latency guard cannot be judged, the look fails
+    serve(world, 8, {"stable": 0.9, "challenger": 0.9})  # weight 0: all served by stable …
+    now = datetime.now(UTC)
+    write_segment(settings.landing_dir, f"{now:%Y%m%dT%H%M%S%f}Z-shadow", [  # … and these copies to the challenger
+        interaction(900 + k, ts=now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), route="challenger", model_version=v2,
+                    latency_ms=None, metadata=json.dumps({"quality": 0.9, "shadow": True})) for k in range(4)])
+    ingest_landing(world["lake"], settings.landing_dir)
+    decision_job = dg.Definitions(assets=[asset], jobs=[job], resources=resources).resolve_job_def(job.name)
+    keys = []
+    for _ in range(4):
+        context = dg.build_sensor_context(instance=instance, resources={"lake": resources["lake"],
+                                                                        "mlflow": resources["mlflow"]})
+        request = sensor(context)
+        if isinstance(request, dg.SkipReason):
+            break
+        keys.append(request.run_key)
+        failed = decision_job.execute_in_process(instance=instance, run_config=request.run_config,
+                                                 tags=request.tags, raise_on_error=False)
+        (failure,) = [e for e in failed.all_events if e.is_step_failure]
+        assert "challenger.latency_p95_ms is None but a latency guard is on" in str(failure.step_failure_data.error)
+    assert keys == [f"{green.name}:rollout:v{v2}:look1", f"{green.name}:rollout:v{v2}:look1:retry1",
+                    f"{green.name}:rollout:v{v2}:look1:retry2"]
+    assert "look 1 of v" in request.skip_message and "failed 3 times" in request.skip_message
+    assert log.current(log.read(world["lake"], green), v2).phase == "active"  # nothing was decided

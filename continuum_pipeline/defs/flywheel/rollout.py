@@ -25,6 +25,7 @@ from continuum_pipeline.task.config import TaskConfig
 
 IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
              dg.DagsterRunStatus.STARTED]
+MAX_RETRIES = 2
 Action = Literal["look", "start", "promote", "rollback", "pause", "resume"]
 
 
@@ -277,7 +278,16 @@ def canary_sensor(task: TaskConfig, job) -> dg.SensorDefinition:
                                  f"interactions since the last look; next look at "
                                  f"{log.look_size(task.rollout.min_interactions_per_step)}")
         look = current.looks + 1
-        return dg.RunRequest(run_key=f"{task.name}:rollout:v{challenger.version}:look{look}",
+        # a failed decision run is requested again (a new run key), at most MAX_RETRIES times per look
+        failed = context.instance.get_run_records(dg.RunsFilter(
+            job_name=job_name(task, "rollout"), statuses=[dg.DagsterRunStatus.FAILURE],
+            tags={"continuum/rollout_version": challenger.version, "continuum/rollout_look": str(look)}))
+        if len(failed) > MAX_RETRIES:
+            return dg.SkipReason(f"look {look} of v{challenger.version} failed {len(failed)} times (last run "
+                                 f"{failed[0].dagster_run.run_id[:8]}): fix the cause and re-execute that run, or "
+                                 f"`continuum rollout rollback|promote {task.name}`")
+        retry = f":retry{len(failed)}" if failed else ""
+        return dg.RunRequest(run_key=f"{task.name}:rollout:v{challenger.version}:look{look}{retry}",
                              run_config=run_config(task, "look"),
                              tags={**tags, "continuum/rollout_look": str(look), "continuum/reason": due})
 
