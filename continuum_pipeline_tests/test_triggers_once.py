@@ -15,6 +15,7 @@ from continuum_pipeline import runs
 from continuum_pipeline.curation.dataset import curate_sft
 from continuum_pipeline.defs.flywheel import triggers
 from continuum_pipeline.defs.flywheel.curation import curation_policy
+from continuum_pipeline.defs.loggers import compact_console
 from continuum_pipeline.defs.resources import resources_from_settings
 from continuum_pipeline.evaluation.triggers import (
     DailyQuality,
@@ -35,6 +36,8 @@ TRIGGERS = {"min_new_samples": 20, "quality_drop": 0.15, "window_days": 3, "max_
             "cooldown_hours": 0, "schedule": "0 4 * * 1"}
 TASK = task_config(judges=JUDGES, triggers=TRIGGERS)
 KINDS = ("sample_count", "quality_drop", "error_rate")
+
+LOGGERS = {"compact_console": compact_console}  # the training job's default run config names it
 
 
 @pytest.fixture
@@ -190,7 +193,7 @@ def test_an_in_flight_training_and_the_cooldown_count_from_the_run_not_the_candi
     fill(lake, settings, {1: (0.9, None, 0.0), 2: (0.9, None, 0.0), 3: (0.3, None, 0.0)})
     cooling = task_config(judges=JUDGES, triggers={**TRIGGERS, "cooldown_hours": 6})
     with dg.instance_for_test() as instance:
-        defs = dg.Definitions(jobs=[triggers.jobs(cooling)[0]])
+        defs = dg.Definitions(jobs=[triggers.jobs(cooling)[0]], loggers=LOGGERS)
         run = instance.create_run_for_job(defs.resolve_job_def(f"{TASK.name}_training_job"),
                                           status=dg.DagsterRunStatus.STARTED)
         joined, cursor = evaluate(settings, instance, "quality_drop")
@@ -246,7 +249,7 @@ def test_the_forget_sensor_waits_for_a_training_that_read_the_deleted_data(setti
     training_job = triggers.jobs(task)[0]
     sensor = retrain_on_forget_sensor(task, training_job)
     with dg.instance_for_test() as instance:
-        before = instance.create_run_for_job(dg.Definitions(jobs=[training_job]).resolve_job_def(training_job.name),
+        before = instance.create_run_for_job(dg.Definitions(jobs=[training_job], loggers=LOGGERS).resolve_job_def(training_job.name),
                                              status=dg.DagsterRunStatus.STARTED)  # it read the lake before the deletion
         assert forget_job.execute_in_process(instance=instance, resources=resources, run_config={
             "ops": {"forget": {"config": {"users": [ALICE]}}}}).success
