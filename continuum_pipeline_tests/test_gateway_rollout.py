@@ -175,6 +175,7 @@ def test_model_version_from_the_arm_else_from_the_answer(gw_settings, sdk):
         c = client(served)
         cases = [({"model": "student@7"}, False, "7"), ({"model": "student@7"}, True, "7"),
                  ({"model": "student@7", "model_version": "5"}, False, "5"), ({"model": "gpt-4o-mini"}, False, None),
+                 ({"model": "org/model@main"}, False, None),
                  ({}, False, None)]
         for extra, stream, _ in cases:
             write(gw_settings, [arm(up, "stable", 1, **extra)])

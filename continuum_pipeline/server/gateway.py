@@ -235,8 +235,8 @@ def _build(spec: _Spec, iid: str, wall: int, elapsed: int, messages: Any, answer
             ann["finish_reason"] = finish
         served = result.get("model")
         if spec.model_version is None and isinstance(served, str) and "@" in served:
-            name, _, version = served.rpartition("@")  # NAME@VERSION: the version that actually answered
-            if name and version:
+            name, _, version = served.rpartition("@")  # NAME@VERSION: the registry version that answered
+            if name and version.isdigit():  # not a tag such as org/model@main
                 ann["model_version"] = version
     record = interaction_record(interaction_id=iid, wall_ns=wall, elapsed_ns=elapsed, spec=spec, args=(),
                                 kwargs={"messages": messages}, result=result, error=error, context=ctx,
