@@ -263,3 +263,82 @@ def test_blue_green_starts_with_a_shadow_pass_and_a_failed_look_is_retried_then_
                     f"{green.name}:rollout:v{v2}:look1:retry2"]
     assert "look 1 of v" in request.skip_message and "failed 3 times" in request.skip_message
     assert log.current(log.read(world["lake"], green), v2).phase == "active"  # nothing was decided
+
+
+def judged_quality(item):
+    """The judge of the gateway test: each upstream says how good its answer is (`q=0.9`)."""
+    import re
+
+    return float(re.search(r"q=([0-9.]+)", item.response or "").group(1)), ""
+
+
+def test_through_the_real_gateway_a_degraded_challenger_is_rolled_back(settings, lake, sdk, monkeypatch, tmp_path):
+    """`continuum serve`'s gateway with an OpenAI-protocol upstream per arm: the rollout's arms file routes a
+    quarter of the users to the degraded challenger, the gateway records route and version, the judge scores the
+    answers, and the sensor's look sends every user back to stable."""
+    from dataclasses import replace
+
+    from continuum_pipeline.server.arms import write as write_arms
+    from continuum_pipeline_tests.openai_server import OpenAIServer
+    from continuum_pipeline_tests.served import Served
+    from continuum_pipeline_tests.test_gateway import KEY, client
+
+    def answers(quality: float):
+        count = [0]
+
+        def chat(messages):
+            count[0] += 1
+            return f"answer q={quality + (0.05 if count[0] % 2 else -0.05):.2f}"
+        return chat
+
+    gw = replace(settings, serve_api_keys=(KEY,), serve_allow_no_auth=False)
+    with OpenAIServer(chat=answers(0.9)) as good, OpenAIServer(chat=answers(0.5)) as bad, Served(gw) as served:
+        task = task_config(judges=[{"name": "quality", "kind": "python",
+                                    "function": "continuum_pipeline_tests.test_rollout_flow:judged_quality"}],
+                           rollout={**ROLLOUT, "hard_guards": {"max_latency_p95_ratio": None},
+                                    "arms": {"stable_base_url": good.base_url, "challenger_base_url": bad.base_url}})
+        task_dir = tmp_path / "task"
+        task_dir.mkdir()
+        (task_dir / "defs.yaml").write_text(json.dumps(task.model_dump(mode="json", exclude={"source_dir"})))
+        monkeypatch.setenv("CONTINUUM_TASKS", str(task_dir))
+        write_arms(settings.gateway_arms, {"default_task": TASK.name, "tasks": {TASK.name: {"arms": [
+            {"name": "stable", "base_url": good.base_url, "weight": 1}]}}})
+        name = task.registered_model_name
+        v1 = _register(settings.mlflow_uri, name, {"task": task.name}, champion=True)
+        v2 = _register(settings.mlflow_uri, name, {"task": task.name})
+        models.client(settings.mlflow_uri).set_registered_model_alias(name, models.CHALLENGER, v2)
+        c = client(served)
+
+        def traffic(users: range) -> list[str]:
+            routes = []
+            for u in users:
+                raw = c.chat.completions.with_raw_response.create(
+                    model="m", user=f"u-{u}", messages=[{"role": "user", "content": f"question {u}"}])
+                routes.append(raw.headers["x-continuum-route"])
+            sdk.flush()
+            ingest_landing(lake, settings.landing_dir)
+            label_task(lake, task, [spec.build() for spec in task.judges])
+            run_task_sql(lake, task)
+            return routes
+
+        with dg.DagsterInstance.get() as instance:
+            def tick_once() -> runs.Tick:
+                (result,) = runs.tick_sensors(instance, [SENSOR], due=True)
+                if result.run_ids:
+                    assert all(r.success for r in runs.execute_queued(instance, result.run_ids,
+                                                                      wait_seconds=30).values())
+                return result
+
+            assert tick_once().status == "SUCCESS"  # the start
+            assert weights(settings) == {"stable": 0.75, "challenger": 0.25}
+            routes = traffic(range(120))
+            assert 10 <= routes.count("challenger") <= 50, routes.count("challenger")  # sticky by user, by weight
+            looked = tick_once()
+            assert looked.status == "SUCCESS", looked
+            row = log.read(lake, task)[-1]
+            assert row["action"] == "rollback" and "reward" in row["reason"], row
+            assert row["n_challenger"] == routes.count("challenger") and row["reward_challenger"] < 0.6
+            served_rows = lake.read_arrow("interactions").to_pylist()
+            assert {(r["route"], r["model_version"]) for r in served_rows} == {("stable", v1), ("challenger", v2)}
+            assert set(traffic(range(120, 160))) == {"stable"}  # every user back on stable at once
+            assert models.champion(settings.mlflow_uri, name).version == v1
