@@ -306,9 +306,16 @@ def test_shadow_and_version_settings_are_checked(tmp_path):
         arms_file.write(path, {"tasks": {"t": {"arms": [arms[0], arms[0]]}}})
 
 
-def test_model_dir_specs_are_checked(gw_settings, tmp_path):
+def test_model_dir_specs_are_checked(gw_settings, tmp_path, monkeypatch):
     from continuum_pipeline.server import local_model
 
+    with pytest.raises(ValueError, match="threads must be"):
+        local_model.routes(gw_settings, ["champion:a"], threads=0)
+    monkeypatch.setenv("CONTINUUM_SERVE_THREADS", "two")
+    with pytest.raises(ValueError, match="CONTINUUM_SERVE_THREADS"):
+        local_model.routes(gw_settings, ["champion:a"])
+    monkeypatch.setenv("CONTINUUM_SERVE_THREADS", "3")
+    assert local_model.default_threads() == 3
     with pytest.raises(ValueError, match="no such folder"):
         local_model.routes(gw_settings, [str(tmp_path / "missing")])
     with pytest.raises(ValueError, match="different alias"):

@@ -38,6 +38,9 @@ from continuum_pipeline.settings import Settings
 
 ALIAS_CHECK_SECONDS = 30.0
 _ALIAS_SPEC = re.compile(r"^([A-Za-z][\w-]*):(.+)$")
+# Two aliases may name one version at once (at promotion): its download into the shared cache happens once.
+_DOWNLOADS: dict[str, threading.Lock] = {}
+_DOWNLOADS_GUARD = threading.Lock()
 
 
 def default_threads() -> int:
@@ -54,6 +57,8 @@ class GenerationTurn:
     """One generation at a time in the process; served requests go before waiting shadow copies."""
 
     def __init__(self, threads: int):
+        if threads < 1:
+            raise ValueError(f"threads must be ≥ 1 (torch threads for local generation), got {threads}")
         self.threads = threads
         self._cond = threading.Condition()
         self._busy = False
@@ -120,7 +125,11 @@ class LocalModel:
             return None  # the alias was removed: keep serving what it last named
         if ref.version == self._version:
             return None
-        return registry.model_dir(self.settings.mlflow_uri, ref, self.settings.models_dir / "serve"), ref.version
+        with _DOWNLOADS_GUARD:
+            download = _DOWNLOADS.setdefault(f"{self.registered}@{ref.version}", threading.Lock())
+        with download:
+            folder = registry.model_dir(self.settings.mlflow_uri, ref, self.settings.models_dir / "serve")
+        return folder, ref.version
 
     def generator(self) -> tuple[Any, str]:
         """The generator in force and the name it answers under (read together: the alias may move)."""
@@ -219,7 +228,7 @@ def _mount(prefix: str, model: LocalModel) -> list[Route]:
 def routes(settings: Settings, specs: str | Path | Sequence[str | Path], threads: int | None = None) -> list[Route]:
     """Routes for each model: `/local/<mount>/v1`, and `/local/v1` when there is one model."""
     specs = [specs] if isinstance(specs, str | Path) else list(specs)
-    turn = GenerationTurn(threads or default_threads())
+    turn = GenerationTurn(default_threads() if threads is None else threads)
     models: list[LocalModel] = []
     for spec in specs:
         models.append(LocalModel(settings, spec, turn, models))
