@@ -214,42 +214,52 @@ def test_weights_survive_a_restart_of_the_gateway(gw_settings, sdk):
     assert all(at_50[u] == "challenger" for u in users if at_25[u] == "challenger")
 
 
-def test_local_server_mounts_champion_and_challenger_and_shadows_between_them(gw_settings, sdk, tiny_model,
-                                                                            monkeypatch):
+def test_local_server_serves_each_registry_alias_at_its_mount_and_shadows_between_them(gw_settings, sdk, tiny_model,
+                                                                                      monkeypatch):
     from continuum_pipeline.registry import models as registry
     from continuum_pipeline.server import local_model
     from continuum_pipeline.serving.generate import Generator
 
-    aliases = {"champion": "2", "challenger": "3"}
+    uri = gw_settings.mlflow_uri
+    experiment = registry.ensure_experiment(uri, "gateway-rollout-test")
+    runs = registry.client(uri)
+    for _ in range(2):  # v1: champion (the first), v2: challenger — a real MLflow registry
+        registry.register(uri, "student", tiny_model, runs.create_run(experiment).info.run_id, {"task": TASK})
     loaded: list = []
     load = Generator.from_pretrained
-    monkeypatch.setattr(local_model, "ALIAS_CHECK_SECONDS", 0.0)
-    monkeypatch.setattr(registry, "by_alias", lambda uri, name, alias: registry.ModelVersionRef(
-        name, aliases[alias], "run", (alias,), {}) if alias in aliases else None)
-    monkeypatch.setattr(registry, "model_dir", lambda uri, ref, cache: tiny_model)  # both versions: one folder
     monkeypatch.setattr(Generator, "from_pretrained", lambda *a, **k: loaded.append(a) or load(*a, **k))
-    specs = ["champion:student", "challenger:student"]
-    with Served(gw_settings, specs) as served:
+    monkeypatch.setattr(local_model, "ALIAS_CHECK_SECONDS", 0.0)  # see an alias move at once
+
+    def shadows_answered(served: Served) -> int:
+        return httpx.get(f"{served.url}/healthz").json()["gateway"]["shadow"].get("answered", 0)
+
+    with Served(gw_settings, ["champion:student", "challenger:student"]) as served:
         base = f"{served.url}/local"
         write(gw_settings, [arm(f"{base}/champion/v1", "stable", 1, api_key_env="GW_TEST_LOCAL_KEY"),
                             arm(f"{base}/challenger/v1", "challenger", 0, api_key_env="GW_TEST_LOCAL_KEY")],
               shadow={"arm": "challenger", "sample_rate": 1.0, "timeout_s": 120})
         c = client(served)
-        answer = c.chat.completions.create(model="champion", max_tokens=4,
-                                           messages=[{"role": "user", "content": "How do I reset my password?"}])
-        assert answer.model == "student@2"
+        question = [{"role": "user", "content": "How do I reset my password?"}]
+        assert c.chat.completions.create(model="champion", max_tokens=4, messages=question).model == "student@1"
+        wait_for(lambda: shadows_answered(served) == 1, 60)
         names = {alias: httpx.get(f"{base}/{alias}/v1/models", headers={"authorization": f"Bearer {KEY}"}
-                                  ).json()["data"][0]["id"] for alias in aliases}
-        assert names == {"champion": "student@2", "challenger": "student@3"}
+                                  ).json()["data"][0]["id"] for alias in ("champion", "challenger")}
+        assert names == {"champion": "student@1", "challenger": "student@2"}
         assert httpx.get(f"{base}/v1/models", headers={"authorization": f"Bearer {KEY}"}).status_code == 404
-        wait_for(lambda: httpx.get(f"{served.url}/healthz").json()["gateway"]["shadow"].get("answered") == 1, 60)
+
+        registry.promote(uri, "student", "2")  # the champion mount serves v2 from the next call on
+        assert c.chat.completions.create(model="champion", max_tokens=4, messages=question).model == "student@2"
+        wait_for(lambda: shadows_answered(served) == 2, 60)
     rows = interactions(gw_settings)
-    by_route = {r["route"]: r for r in rows}
-    assert by_route["stable"]["model_version"] == "2" and by_route["challenger"]["model_version"] == "3"
-    assert json.loads(by_route["challenger"]["metadata"])["shadow_of"] == by_route["stable"]["interaction_id"]
-    # greedy decoding of one model: the same answer through either mount, loaded once for both aliases
-    assert by_route["challenger"]["response"] == by_route["stable"]["response"]
-    assert len(loaded) == 1
+    served_rows = [r for r in rows if r["route"] == "stable"]
+    shadow_rows = [r for r in rows if r["route"] == "challenger"]
+    assert [r["model_version"] for r in served_rows] == ["1", "2"]  # parsed from the answers' NAME@VERSION
+    assert [r["model_version"] for r in shadow_rows] == ["2", "2"]
+    assert [json.loads(r["metadata"])["shadow_of"] for r in shadow_rows] == [r["interaction_id"] for r in served_rows]
+    # greedy decoding of one set of weights: the same answer through either mount
+    assert len({r["response"] for r in rows}) == 1
+    # v1 and v2 loaded once each; after the promotion both aliases name v2 and share its loaded model
+    assert len(loaded) == 2
 
 
 def test_one_generation_at_a_time_served_requests_before_shadow_copies():
