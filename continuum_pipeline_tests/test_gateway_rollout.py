@@ -112,7 +112,9 @@ def test_shadow_answers_never_reach_the_user_and_land_as_their_own_interactions(
         assert not json.loads(rows[parent]["metadata"]).get("shadow")
 
 
-def test_a_failing_or_slow_shadow_arm_never_slows_or_fails_the_user(gw_settings, sdk):
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_a_failing_or_slow_shadow_arm_never_slows_or_fails_the_user(gw_settings, sdk, transport, monkeypatch):
+    monkeypatch.setenv("CONTINUUM_GATEWAY_HTTP", transport)
     with OpenAIServer(chat=lambda m: "stable answer") as a, OpenAIServer() as b, Served(gw_settings) as served:
         write(gw_settings, [arm(a, "stable", 1), arm(b, "challenger", 0)],
               shadow={"arm": "challenger", "sample_rate": 1.0, "timeout_s": 0.5, "max_in_flight": 1})
