@@ -53,7 +53,7 @@ HOME_READY = $(BIN)/python -c 'from continuum_pipeline.cli import prepare_home; 
 launch: install
 	@test -n "$(JOB)" || { echo 'make launch: give JOB=<name>, e.g. JOB=ingest_job (`dg list defs` lists them)' >&2; exit 2; }
 	$(HOME_READY)
-	$(BIN)/dg launch --job $(JOB)
+	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/dg launch --job $(JOB)  # dg warns unless it sees its venv active
 
 # For `eval "$$(make -s env)"`: this shell's dg/dagster commands then use the home `continuum` uses.
 env:
