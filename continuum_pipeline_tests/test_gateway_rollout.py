@@ -92,6 +92,7 @@ def test_shadow_answers_never_reach_the_user_and_land_as_their_own_interactions(
         assert [r.messages[-1]["content"] for r in copies] == ["where is my refund?", "stream it"]
         assert all("stream" not in r.body and "stream_options" not in r.body for r in copies)
         assert all(r.headers["x-continuum-shadow"] == "1" for r in copies)
+        assert all(55 < float(r.headers["x-continuum-shadow-deadline"]) - time.time() <= 60 for r in copies)
         wait_for(lambda: httpx.get(f"{served.url}/healthz").json()["gateway"]["shadow"].get("answered") == 2)
         health = httpx.get(f"{served.url}/healthz").json()["gateway"]["shadow"]
         assert health["sampled"] == 2 and health["sent"] == 2 and not health.get("dropped_busy")
@@ -264,8 +265,8 @@ def test_local_server_serves_each_registry_alias_at_its_mount_and_shadows_betwee
     assert len(loaded) == 2
 
 
-def test_one_generation_at_a_time_served_requests_before_shadow_copies():
-    from continuum_pipeline.server.local_model import GenerationTurn
+def test_one_generation_at_a_time_served_requests_before_shadow_copies_expired_copies_skipped():
+    from continuum_pipeline.server.local_model import GenerationTurn, ShadowExpired
 
     turn = GenerationTurn(threads=1)
     order: list[str] = []
@@ -277,23 +278,26 @@ def test_one_generation_at_a_time_served_requests_before_shadow_copies():
             release.wait(10)
             order.append("first")
 
-    def waiter(name: str, shadow: bool) -> None:
-        with turn.turn(shadow=shadow):
-            order.append(name)
+    def waiter(name: str, shadow: bool, deadline: float | None = None) -> None:
+        try:
+            with turn.turn(shadow=shadow, deadline=deadline):
+                order.append(name)
+        except ShadowExpired:
+            order.append(f"{name} expired")
 
     threads = [threading.Thread(target=holder)]
     threads[0].start()
     assert holding.wait(10)
-    shadow = threading.Thread(target=waiter, args=("shadow", True))
-    shadow.start()
-    time.sleep(0.1)  # the shadow copy queues first...
-    user = threading.Thread(target=waiter, args=("served", False))
-    user.start()
-    time.sleep(0.1)
+    for name, shadow, deadline in (("shadow", True, time.time() + 30), ("late shadow", True, time.time() + 0.05),
+                                   ("served", False, None)):
+        threads.append(threading.Thread(target=waiter, args=(name, shadow, deadline)))
+        threads[-1].start()
+        time.sleep(0.15)  # the shadow copies queue first...
     release.set()
-    for t in (*threads, shadow, user):
+    for t in threads:
         t.join(10)
-    assert order == ["first", "served", "shadow"]  # ...and still goes after the user's request
+    # ...and still go after the user's request; the copy whose deadline passed never generates
+    assert order == ["late shadow expired", "first", "served", "shadow"]
 
 
 def test_shadow_and_version_settings_are_checked(tmp_path):

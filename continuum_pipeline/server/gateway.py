@@ -50,6 +50,7 @@ log = logging.getLogger("continuum.gateway")
 ID_HEADER = "x-continuum-interaction-id"
 ROUTE_HEADER = "x-continuum-route"
 SHADOW_HEADER = "x-continuum-shadow"  # sent on shadow copies: the local model server serves real users first
+SHADOW_DEADLINE_HEADER = "x-continuum-shadow-deadline"  # Unix seconds: when the gateway stops waiting for the copy
 STREAM_KEEP_BYTES = 1 << 20  # how much of a streamed answer the record keeps (the client gets all of it)
 _META_KEYS = ("continuum_task", "task", "session_id", "user_id", "consent")
 # Response headers not copied from the upstream: hop-by-hop ones and those the server sets itself.
@@ -471,7 +472,9 @@ class Gateway:
             body["model"] = model
         else:
             body.pop("model", None)
-        headers = {"content-type": "application/json", "accept": "application/json", SHADOW_HEADER: "1"}
+        wall = time_ns()
+        headers = {"content-type": "application/json", "accept": "application/json", SHADOW_HEADER: "1",
+                   SHADOW_DEADLINE_HEADER: f"{wall / 1e9 + copy.shadow.timeout_s:.3f}"}
         if key := arm.api_key():
             headers["authorization"] = f"Bearer {key}"
         payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
@@ -483,7 +486,6 @@ class Gateway:
         spec = _Spec(copy.task, model, arm.name, copy.consent, None, arm.model_version)
         answer: bytes | None = None
         error: BaseException | None = None
-        wall = time_ns()
         t0 = perf_counter_ns()
         up = self.upstream()
         response = None

@@ -13,7 +13,9 @@ content chunk — the generator has no token callback) and `GET .../models`; a s
 Same bearer key as the gateway (give the arm `api_key_env` naming a variable that holds it). Generation is greedy
 (deterministic) and runs in a worker thread, ONE call at a time in the process whatever the model (they share the
 CPU), with an explicit torch thread count; requests the gateway marks as shadow copies (`x-continuum-shadow`) wait
-until no served request is waiting, so a shadow never queues ahead of a user.
+until no served request is waiting, so a shadow never queues ahead of a user, and are answered 504 without
+generating when their deadline (`x-continuum-shadow-deadline`, Unix seconds) passes before their turn: the gateway
+has stopped waiting for them.
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ def default_threads() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
+class ShadowExpired(TimeoutError):
+    """A shadow copy's deadline passed while it waited for its turn."""
+
+
 class GenerationTurn:
     """One generation at a time in the process; served requests go before waiting shadow copies."""
 
@@ -65,13 +71,19 @@ class GenerationTurn:
         self._served_waiting = 0
 
     @contextmanager
-    def turn(self, shadow: bool) -> Iterator[None]:
+    def turn(self, shadow: bool, deadline: float | None = None) -> Iterator[None]:
+        """Wait for the turn (a shadow copy no later than `deadline`, Unix seconds), then hold it."""
         with self._cond:
             if not shadow:
                 self._served_waiting += 1
             try:
                 while self._busy or (shadow and self._served_waiting):
-                    self._cond.wait()
+                    if deadline is None:
+                        self._cond.wait()
+                    elif (left := deadline - time.time()) <= 0:
+                        raise ShadowExpired("the shadow copy's deadline passed before its turn to generate")
+                    else:
+                        self._cond.wait(left)
             finally:
                 if not shadow:
                     self._served_waiting -= 1
@@ -152,9 +164,10 @@ class LocalModel:
                     self._version, self.name = version, f"{self.registered}@{version}"
             return self._generator, self.name
 
-    def _answer(self, messages: list[dict], max_tokens: int | None, shadow: bool) -> tuple[str, int, int, str]:
+    def _answer(self, messages: list[dict], max_tokens: int | None, shadow: bool,
+                deadline: float | None) -> tuple[str, int, int, str]:
         generator, name = self.generator()
-        with self.turn.turn(shadow):
+        with self.turn.turn(shadow, deadline):
             default = generator.max_new_tokens
             if max_tokens:
                 generator.max_new_tokens = max_tokens
@@ -198,10 +211,16 @@ class LocalModel:
         max_tokens = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None
         shadow = request.headers.get("x-continuum-shadow") == "1"
         try:
+            deadline = float(request.headers["x-continuum-shadow-deadline"]) if shadow else None
+        except (KeyError, ValueError):
+            deadline = None
+        try:
             text, prompt_tokens, completion_tokens, name = await asyncio.to_thread(
-                self._answer, plain, max_tokens, shadow)
+                self._answer, plain, max_tokens, shadow, deadline)
         except LookupError as exc:  # nothing holds the alias yet
             return JSONResponse({"error": {"message": str(exc), "type": "model_not_found"}}, status_code=503)
+        except ShadowExpired as exc:
+            return JSONResponse({"error": {"message": str(exc), "type": "timeout"}}, status_code=504)
         self._ids += 1
         base = {"id": f"chatcmpl-local-{self.mount}-{self._ids}", "created": int(time.time()), "model": name}
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
