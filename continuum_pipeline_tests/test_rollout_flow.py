@@ -178,6 +178,10 @@ def test_a_good_challenger_ramps_step_by_step_and_is_promoted(world):
     assert event.asset_materialization.metadata["previous"].value == v1
     done = tick(world)
     assert done.status == "SKIPPED" and "no challenger waiting" in done.reason
+    from continuum_pipeline.rollout.plot import plot_rollout
+
+    png = plot_rollout(world["lake"], TASK)
+    assert png is not None and png.startswith(b"\x89PNG\r\n\x1a\n")
 
 
 def rollout_command(*argv: str) -> int:
@@ -356,3 +360,29 @@ def test_through_the_real_gateway_a_degraded_challenger_is_rolled_back(settings,
             assert {(r["route"], r["model_version"]) for r in served_rows} == {("stable", v1), ("challenger", v2)}
             assert set(traffic(range(120, 160))) == {"stable"}  # every user back on stable at once
             assert models.champion(settings.mlflow_uri, name).version == v1
+
+
+def test_the_arms_file_keeps_other_tasks_and_prices_and_looks_come_by_traffic_or_time(tmp_path):
+    from continuum_pipeline.rollout.arms_file import write_weights
+
+    path = tmp_path / "arms.json"
+    arms.write(path, {"default_task": "other", "tasks": {
+        "other": {"arms": [{"name": "teacher", "base_url": "https://api.example.com/v1", "weight": 1}]},
+        TASK.name: {"arms": [{"name": "stable", "base_url": "http://old/v1", "weight": 1,
+                              "price": {"prompt_per_1m": 0.1}}]}}})
+    entry = write_weights(path, TASK, stable_version="1", challenger_version="2",
+                          weights={"stable": 0.95, "challenger": 0.05})
+    data = json.loads(path.read_text())
+    assert data["default_task"] == "other" and data["tasks"]["other"]["arms"][0]["name"] == "teacher"
+    assert data["tasks"][TASK.name] == entry and "shadow" not in entry and entry["sticky"] == "user"
+    assert entry["arms"][0] == {"name": "stable", "base_url": "http://127.0.0.1:4318/local/champion/v1",
+                                "model_version": "1", "weight": 0.95, "price": {"prompt_per_1m": 0.1}}
+    assert {a.name: a.weight for a in arms.load(path).tasks[TASK.name].arms} == {"stable": 0.95, "challenger": 0.05}
+
+    start = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
+    rollout = log.Rollout("2", "1", "active", 0, 0.05, 0.0, "{}", start, start, start, 0, "")
+    assert log.look_size(200) == 50 and log.look_size(1) == 1
+    assert log.look_due(rollout, 49, start + timedelta(minutes=29), 200, 30) is None
+    assert "50 new challenger interactions" in log.look_due(rollout, 50, start, 200, 30)
+    assert "30 minutes since the last look" in log.look_due(rollout, 0, start + timedelta(minutes=30), 200, 30)
+    assert log.look_due(rollout, 0, start + timedelta(days=1), 200, 0) is None  # no minimum time: traffic only

@@ -72,3 +72,19 @@ def rollout_png(rows, log_rows: Sequence[dict], title: str) -> bytes:
     fig.tight_layout()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def plot_rollout(lake, task, version: str | None = None) -> bytes | None:
+    """The PNG of a task's rollout of `version` (default: the latest) from the lake; None before any rollout
+    (what `continuum demo` writes next to the learning curve)."""
+    from continuum_pipeline.rollout import log
+    from continuum_pipeline.rollout.observe import arm_rows
+
+    rows = log.read(lake, task)
+    version = version or (rows[-1]["version"] if rows else None)
+    history = [r for r in rows if r["version"] == version]
+    if not history:
+        return None
+    data = arm_rows(lake, task, history[0]["started_at"],
+                    {STABLE: history[0]["stable_version"], CHALLENGER: version})
+    return rollout_png(data, history, f"{task.name}: v{version} vs v{history[0]['stable_version']}")
