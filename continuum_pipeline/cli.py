@@ -448,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (default: one line)")
     sub = parser.add_subparsers(dest="command", required=True)
     plugin_commands(sub)
+    from continuum_pipeline.rollout.cli import add_parser as add_rollout_parser
+
+    add_rollout_parser(sub)
     sub.add_parser("tasks", help="the tasks the lake has seen: counts, feedback rate, models, instance").set_defaults(
         fn=cmd_tasks)
     init = sub.add_parser("init", help="write a commented task YAML (FlywheelComponent instance) for TASK")

@@ -66,8 +66,13 @@ def create_run(instance, location, job_name: str, run_config: Mapping[str, Any] 
 
 
 def _execute(instance, location, run, *, wait_seconds: float, raise_on_error: bool, say: run_guard.Say):
+    from dagster._core.definitions.reconstruct import ReconstructableJob
     from dagster._core.execution.api import execute_run
 
+    # Dagster caches the last job definition per code pointer, not per settings: a process that switches homes
+    # (tests, the demo's phases) must build it anew, from the settings in effect.
+    ReconstructableJob.get_definition.cache_clear()
+    ReconstructableJob.get_repository_definition.cache_clear()
     recon = location.get_reconstructable_job(_repository(location).name, run.job_name)
 
     def start(run_id: str):

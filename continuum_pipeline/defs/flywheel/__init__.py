@@ -15,6 +15,7 @@ def build_task_definitions(task: TaskConfig, sql_dir: Path | None = None) -> dg.
     from continuum_pipeline.defs.flywheel import (
         curation,
         curve,
+        drift,
         embeddings,
         evaluation,
         labels,
@@ -24,6 +25,7 @@ def build_task_definitions(task: TaskConfig, sql_dir: Path | None = None) -> dg.
         training,
         triggers,
     )
+    from continuum_pipeline.defs.loggers import compact_console
     from continuum_pipeline.defs.privacy import retrain_on_forget_sensor
     from continuum_pipeline.defs.resources import default_sql_dir
 
@@ -38,8 +40,10 @@ def build_task_definitions(task: TaskConfig, sql_dir: Path | None = None) -> dg.
         assets=[*assets, rollout_asset],
         asset_checks=[evaluation.eval_gate(task)],
         jobs=[training_job, monitoring_job, registry.promotion_job(task), rollout_job],
-        sensors=[*triggers.sensors(task, training_job), retrain_on_forget_sensor(task, training_job), canary_sensor],
+        sensors=[*triggers.sensors(task, training_job), drift.drift_sensor(task, training_job),
+                 retrain_on_forget_sensor(task, training_job), canary_sensor],
         schedules=triggers.schedules(task, training_job),
+        loggers={"compact_console": compact_console},  # the training job's default run config names it
     )
 
 
