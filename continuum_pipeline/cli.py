@@ -363,7 +363,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     prepare_home(settings)
     print(f"continuum serve on http://{args.host}:{args.port}  (OTLP /v1/traces, Langfuse /api/public/*, "
           f"gateway /v1/chat/completions; landing {settings.landing_dir})", flush=True)
-    serve(settings, host=args.host, port=args.port, model_dir=args.model_dir)
+    serve(settings, host=args.host, port=args.port, model_dir=args.model_dir, threads=args.threads)
     return 0
 
 
@@ -468,8 +468,13 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="the OTLP / Langfuse receiver and the OpenAI-compatible gateway")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=4318)
-    serve.add_argument("--model-dir", help="also serve a local model at /local/v1 as an upstream arm: a Hugging Face "
-                       "folder, or champion:MODEL_NAME for the registry's champion (default: none)")
+    serve.add_argument("--model-dir", action="append",
+                       help="also serve a local model as an upstream arm (repeatable): a Hugging Face folder, or "
+                            "ALIAS:MODEL_NAME for the registry version holding that alias (champion:NAME, "
+                            "challenger:NAME), each at /local/<alias or folder name>/v1; a single one also at "
+                            "/local/v1 (default: none)")
+    serve.add_argument("--threads", type=int, default=None,
+                       help="torch threads for local generation (default CONTINUUM_SERVE_THREADS, else min(2, CPUs))")
     serve.set_defaults(fn=cmd_serve)
     ui = sub.add_parser("ui", help="open the Dagster UI (and daemon: sensors, schedules) on this home")
     ui.add_argument("--host", default="127.0.0.1")
