@@ -3,7 +3,8 @@
 Headless Chromium (Debian's `chromium`, driven by selenium through /usr/bin/chromedriver) opens `continuum ui` on
 a demo home — the home `continuum demo` leaves, as a newcomer would look at it — and checks what a person sees:
 the asset graph shows every stage, the learning-curve asset shows its plot, the training job's page lists the
-demo's runs, and the quality-drop sensor's page shows the tick that launched cycle 2. Dagster's UI is a React app:
+demo's runs, the quality-drop sensor's page shows the tick that launched cycle 2, the overview timeline has the
+runs, and the champion / registered_model assets state the aliases MLflow holds. Dagster's UI is a React app:
 each check navigates to a route, waits for the text to render, and saves a screenshot (the folder is printed).
 
 The home: `continuum demo --scale 0.3` (a few minutes on 2 cores), or CONTINUUM_UI_TEST_HOME=<a demo home> to look
@@ -249,3 +250,27 @@ def test_the_quality_drop_sensor_shows_the_tick_that_launched_cycle_2(page, inst
     page.open(f"/locations/{REPO_PATH}/sensors/{QUALITY_DROP_SENSOR}", "1 run requested", launched[0].run_id[:8],
               cursor, shot="quality_drop_sensor")
     assert page.row_with("1 run requested", launched[0].run_id[:8])  # the tick and the run it launched, one row
+
+
+def test_the_overview_timeline_shows_the_demos_runs_by_job(page, instance):
+    recent = time.time() - 11 * 3600  # the timeline opens on the last 12 hours
+    jobs = sorted({r.dagster_run.job_name for r in instance.get_run_records()  # not asset-selection runs (__ASSET_JOB)
+                   if r.create_timestamp.timestamp() > recent and not r.dagster_run.job_name.startswith("__")})
+    assert TRAINING_JOB in jobs and "ingest_job" in jobs, f"no demo runs in the last 11 hours, only {jobs}"
+    page.open("/overview/activity/timeline", *jobs, shot="timeline")
+
+
+def test_the_champion_and_registered_model_state_the_aliases_mlflow_holds(page, demo_home):
+    from continuum_pipeline.registry import models
+    from continuum_pipeline.settings import EXAMPLE_TASKS
+    from continuum_pipeline.task.config import load_task_config
+
+    task = load_task_config(EXAMPLE_TASKS / "support_desk" / "defs.yaml")
+    champion = models.champion(f"sqlite:///{demo_home / 'mlflow' / 'mlflow.db'}", task.registered_model_name)
+    assert champion is not None and champion.version != "1", "the demo should have promoted cycle 2's version"
+    # the promotion was a Dagster run: the champion asset's latest materialization names the version MLflow holds
+    page.open(f"/assets/{TASK}/champion", "aliases", f"champion={champion.version}",
+              f"models:/{task.registered_model_name}/{champion.version}", shot="champion")
+    # and the registered model's latest event is the promotion's observation, with the aliases as they are now
+    page.open(f"/assets/{TASK}/registered_model?view=events", "Observed in run", f"champion={champion.version}",
+              shot="registered_model_events")
