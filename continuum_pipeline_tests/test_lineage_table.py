@@ -62,7 +62,7 @@ def test_a_second_forget_tags_a_version_whose_snapshot_the_first_expired(setting
     assert left and not left & (bobs | _alice_ids(16))
 
 
-def test_lineage_lists_the_remaining_interactions_after_maintain_and_forget(settings, lake, capsys):
+def test_lineage_lists_the_remaining_interactions_after_maintain_and_forget(settings, lake, capfd):
     world = build_world(settings, lake)
     _record_all(settings, lake, world)
     v1_ids = _dataset_ids_of(settings, lake, world, world["v1"])
@@ -84,7 +84,7 @@ def test_lineage_lists_the_remaining_interactions_after_maintain_and_forget(sett
     trace = lineage.version_lineage(lake, settings.mlflow_uri, world["model"], world["v1"])
     assert set(trace.interaction_ids) == remaining and remaining
     assert cli_main(["lineage", f"{world['model']}@{world['v1']}", "--all"]) == 0
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out
     printed = {line.strip() for line in out.split("interaction ids")[1].splitlines() if line.strip().startswith("i0")}
     assert printed == remaining
 

@@ -196,15 +196,15 @@ def rollout_command(*argv: str) -> int:
     return args.fn(args)
 
 
-def test_a_person_pauses_resumes_promotes_and_rolls_back_through_the_rollout_job(world, capsys):
+def test_a_person_pauses_resumes_promotes_and_rolls_back_through_the_rollout_job(world, capfd):
     settings, v1, v2 = world["settings"], world["v1"], world["v2"]
     assert rollout_command("status", TASK.name) == 0
-    assert "no rollout yet" in capsys.readouterr().out
+    assert "no rollout yet" in capfd.readouterr().out
     tick(world)
     serve(world, 8, {"stable": 0.9, "challenger": 0.9})
 
     assert rollout_command("pause", TASK.name, "--reason", "holding for the release freeze") == 0
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out
     assert "paused" in out and "holding for the release freeze" in out and "stable" in out
     paused = tick(world)
     assert paused.status == "SKIPPED" and f"the rollout of v{v2} is paused" in paused.reason
@@ -215,7 +215,7 @@ def test_a_person_pauses_resumes_promotes_and_rolls_back_through_the_rollout_job
     assert rollout_command("promote", TASK.name) == 0  # by hand, at 25%
     assert models.champion(settings.mlflow_uri, TASK.registered_model_name).version == v2
     assert weights(settings) == {"stable": 0.0, "challenger": 1.0}
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out
     assert "promoted by hand at 25%" in out and f"champion=v{v2}" in out
 
     # blue-green switch-back: v1 is champion again and takes all traffic on the stable arm
@@ -227,7 +227,7 @@ def test_a_person_pauses_resumes_promotes_and_rolls_back_through_the_rollout_job
     assert tick(world).status == "SKIPPED"  # v2 is the challenger again, but its rollout is over
 
     assert rollout_command("pause", TASK.name) == 1  # nothing active: the run fails and says why
-    assert f"the rollout of v{v2} is rolled_back: only an active one pauses" in capsys.readouterr().out
+    assert f"the rollout of v{v2} is rolled_back: only an active one pauses" in capfd.readouterr().out
     job_runs = world["instance"].get_runs(dg.RunsFilter(job_name=JOB))
     by_action = sorted(r.tags.get("continuum/rollout_action", "sensor") for r in job_runs)
     assert by_action == ["pause", "pause", "promote", "resume", "rollback", "sensor"]

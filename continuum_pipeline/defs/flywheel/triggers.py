@@ -33,13 +33,9 @@ ALSO_TAG = "continuum/also/"  # + trigger: the reason of a trigger that fired wh
 
 
 def jobs(task: TaskConfig) -> tuple:
-    from continuum_pipeline.defs.loggers import COMPACT_RUN_CONFIG
-
     shared = dg.AssetSelection.groups("sql")  # the staging models the task models read
-    # A run a sensor requests carries no run config: the compact logger by default keeps its console (the demo's,
-    # a run worker's) to one line per message; the full log is in the instance either way.
     training = dg.define_asset_job(job_name(task, "training"), selection=dg.AssetSelection.key_prefixes([task.name])
-                                   - dg.AssetSelection.groups(f"{task.name}_rollout") | shared, config=COMPACT_RUN_CONFIG,
+                                   - dg.AssetSelection.groups(f"{task.name}_rollout") | shared,
                                    description=f"{task.name}: label, curate, train a candidate, gate it, register it.")
     monitoring = dg.define_asset_job(
         job_name(task, "monitoring"),
@@ -226,7 +222,11 @@ def request_training(context, task: TaskConfig, trigger: str, decision, *, respe
         if cooling.fire:
             return dg.SkipReason(f"{decision.reason}; {cooling.reason}")
     write_cursor(context, **acted)
-    return dg.RunRequest(run_key=f"{task.name}:{trigger}:{decision.key}",
+    from continuum_pipeline.defs.loggers import COMPACT_RUN_CONFIG
+
+    # the compact logger keeps the console of whoever executes the run (the demo, a run worker) to one line per
+    # message; the full log is in the instance either way
+    return dg.RunRequest(run_key=f"{task.name}:{trigger}:{decision.key}", run_config=COMPACT_RUN_CONFIG,
                          tags={"continuum/task": task.name, "continuum/trigger": f"{task.name}:{trigger}",
                                "continuum/reason": decision.reason[:200], CAUSE_TAG: decision.key})
 
