@@ -185,15 +185,17 @@ def test_a_good_challenger_ramps_step_by_step_and_is_promoted(world):
 
 
 def rollout_command(*argv: str) -> int:
-    """`continuum rollout …` as cli.main would dispatch it (the parser lines the CLI adds)."""
-    import argparse
+    """`continuum rollout …`, the installed command in its own process on this test's home; its output is echoed
+    here for capfd."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    from continuum_pipeline.rollout.cli import add_parser
-
-    parser = argparse.ArgumentParser(prog="continuum")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["rollout", *argv])
-    return args.fn(args)
+    done = subprocess.run([str(Path(sys.executable).with_name("continuum")), "rollout", *argv], env=dict(os.environ),
+                          capture_output=True, text=True, timeout=300)
+    print(done.stdout + done.stderr)
+    return done.returncode
 
 
 def test_a_person_pauses_resumes_promotes_and_rolls_back_through_the_rollout_job(world, capfd):
