@@ -202,7 +202,7 @@ def test_the_asset_graph_shows_every_stage_of_the_flywheel(page):
     page.driver.find_element(By.XPATH, "//button[.//*[@aria-label='zoom_out']]").click()
     stages = ["interactions", "feedback_events", "quarantine", "stg_interactions", "reward_labels", "quality_daily",
               "sft_candidates", "golden", "embeddings", "sft_dataset", "base_model", "candidate_model",
-              "registered_model", "champion", "learning_curve"]
+              "registered_model", "champion", "learning_curve", "rollout"]
     page.wait_for(*stages, shot="asset_graph", where="/asset-groups, expanded")
 
 
