@@ -88,7 +88,9 @@ def registered_model(task: TaskConfig) -> dg.AssetsDefinition:
         if models.CHAMPION in ref.aliases and len(models.versions(mlflow.tracking_uri, ref.name)) == 1:
             record_promotion(context, task, mlflow.tracking_uri, ref, None, "first registered version")
         return dg.MaterializeResult(metadata={
-            "model": ref.name, "version": ref.version, "aliases": ", ".join(ref.aliases), "uri": ref.uri,
+            # at registration: a later promotion is recorded on `<task>/champion` and as this asset's observation
+            "model": ref.name, "version": ref.version, "aliases_at_registration": ", ".join(ref.aliases),
+            "uri": ref.uri,
             "mlflow_run_id": ref.run_id or candidate["mlflow_run_id"], "lineage_rows": rows,
             # the training run (MLflow 3 may register from a logged model without a run id on the version)
             **url_metadata("mlflow_run_url", models.run_url(mlflow.tracking_uri, candidate["mlflow_run_id"])),
