@@ -69,6 +69,7 @@ bench: install
 	$(BIN)/python bench/gateway_overhead.py
 	$(BIN)/python bench/redaction.py
 	$(BIN)/python bench/curation.py
+	$(BIN)/python bench/rollout_stats.py
 
 lint: install
 	$(BIN)/ruff check continuum_pipeline continuum_pipeline_tests bench
