@@ -46,7 +46,9 @@ pytestmark = [
 
 
 def clean_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CONTINUUM_", "DAGSTER_"))}
+    # MLFLOW_TRACKING_URI too: mlflow.set_tracking_uri() exports it, so an earlier test's home leaks into this process
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("CONTINUUM_", "DAGSTER_")) and k != "MLFLOW_TRACKING_URI"}
     env.update(CONTINUUM_HOME=str(home), OMP_NUM_THREADS="1", MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
     return env
 
