@@ -242,7 +242,8 @@ def _print_curve_asset(settings: Settings, task: TaskConfig) -> None:
     rows = learning_curve_table(settings, task, say=lambda *_: None)
     if not rows:
         return
-    columns = [c for c in slice_columns(rows) if c in ("all", "unchanged_intents", "changed_intents")]
+    columns = [c for c in slice_columns(rows)
+               if c in ("all", "intent_group=unchanged_intents", "intent_group=changed_intents")]
     _say(f"\n{task.name}/learning_curve (the asset in the UI, with per-slice and cost–quality plots), "
          "the golden set as the gate judges it:")
     print_table(["model", *columns, "prod. mean reward", "cost/query $"],
