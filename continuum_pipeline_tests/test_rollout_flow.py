@@ -34,20 +34,6 @@ def quality(item):
     return float(item.metadata["quality"]), ""
 
 
-@pytest.fixture(autouse=True)
-def fresh_definitions():
-    """Each test has its own home, but Dagster keeps the last job definition a run executed in this process
-    (ReconstructableJob's lru_cache, keyed by the code pointer, not the settings): a run of the next test would
-    use the previous home's resources. Forget it around each test."""
-    from dagster._core.definitions.reconstruct import ReconstructableJob
-
-    ReconstructableJob.get_definition.cache_clear()
-    ReconstructableJob.get_repository_definition.cache_clear()
-    yield
-    ReconstructableJob.get_definition.cache_clear()
-    ReconstructableJob.get_repository_definition.cache_clear()
-
-
 @pytest.fixture
 def world(settings, lake, monkeypatch, tmp_path):
     """The task in the code location (CONTINUUM_TASKS), v1 champion and v2 challenger, the home's instance."""
